@@ -1,0 +1,164 @@
+"""Neural-network building blocks shared by every model.
+
+All models see padded batches (see ``noisy_nodes.batching``): padding nodes,
+edges and graphs are marked by boolean masks in ``graph.nodes['mask']``,
+``graph.edges['mask']`` and ``graph.globals['mask']``. Anything that pools
+statistics over a batch (BatchNorm, DiffGroupNorm, normalisers) must use those
+masks so padding never leaks in, and must reduce over the data-parallel axis
+so that 2 devices give the same statistics as 1 device on the global batch.
+
+The engine traces the model inside ``data_parallel_axis(name)``; outside it
+(tests, single-device eval) ``axis_name()`` is None and reductions are local.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Optional, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def data_parallel_axis(name: Optional[str]):
+  """Binds the mesh axis over which batch statistics are reduced."""
+  old = getattr(_STATE, "axis", None)
+  _STATE.axis = name
+  try:
+    yield
+  finally:
+    _STATE.axis = old
+
+
+def axis_name() -> Optional[str]:
+  return getattr(_STATE, "axis", None)
+
+
+def cross_replica_sum(x):
+  """Sum over the data-parallel axis (identity outside ``shard_map``)."""
+  name = axis_name()
+  return x if name is None else jax.lax.psum(x, name)
+
+
+def shifted_softplus(x):
+  """ln(0.5 e^x + 0.5) = softplus(x) - ln 2 (SchNet; Noisy Nodes §3.2)."""
+  return jax.nn.softplus(x) - jnp.log(2.0).astype(x.dtype)
+
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "softplus": jax.nn.softplus,
+    "shifted_softplus": shifted_softplus,
+    "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.2),
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+}
+
+
+def get_activation(name: str):
+  try:
+    return ACTIVATIONS[name]
+  except KeyError:
+    raise ValueError(f"unknown activation {name!r}; "
+                     f"choose from {sorted(ACTIVATIONS)}") from None
+
+
+def masked_moments(x: jnp.ndarray, mask: jnp.ndarray):
+  """Mean and (biased) variance over rows where ``mask`` is True.
+
+  Args:
+    x: [N, ...] values.
+    mask: [N] bool.
+  Returns:
+    mean, var: [...], reduced over real rows of all data-parallel replicas.
+  """
+  m = mask.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+  count = cross_replica_sum(jnp.sum(m))
+  count = jnp.maximum(count, 1.0)
+  mean = cross_replica_sum(jnp.sum(x * m, axis=0)) / count
+  var = cross_replica_sum(jnp.sum(jnp.square(x - mean) * m, axis=0)) / count
+  return mean, var
+
+
+class MaskedBatchNorm(hk.Module):
+  """BatchNorm over the real rows of a padded batch, with running statistics.
+
+  Training mode normalises with the masked (cross-replica) batch moments and
+  updates exponential moving averages held in Haiku state; evaluation mode uses
+  the moving averages (PyTorch ``BatchNorm1d`` semantics, momentum 0.1 =
+  decay 0.9, and PyTorch's unbiased running variance).
+  """
+
+  def __init__(self, decay: float = 0.9, eps: float = 1e-5,
+               create_scale: bool = True, create_offset: bool = True,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self.decay = decay
+    self.eps = eps
+    self.create_scale = create_scale
+    self.create_offset = create_offset
+
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray,
+               is_training: bool) -> jnp.ndarray:
+    shape = x.shape[1:]
+    mean_ema = hk.get_state("mean", shape, x.dtype, jnp.zeros)
+    var_ema = hk.get_state("var", shape, x.dtype, jnp.ones)
+    if is_training:
+      mean, var = masked_moments(x, mask)
+      n = cross_replica_sum(jnp.sum(mask.astype(x.dtype)))
+      unbiased = var * n / jnp.maximum(n - 1.0, 1.0)
+      hk.set_state("mean", self.decay * mean_ema + (1 - self.decay) * mean)
+      hk.set_state("var", self.decay * var_ema + (1 - self.decay) * unbiased)
+    else:
+      mean, var = mean_ema, var_ema
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    if self.create_scale:
+      y = y * hk.get_parameter("scale", shape, x.dtype, jnp.ones)
+    if self.create_offset:
+      y = y + hk.get_parameter("offset", shape, x.dtype, jnp.zeros)
+    return jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), y, 0.0)
+
+
+class MLP(hk.Module):
+  """Linear layers with an activation between them (none after the last),
+  optionally followed by LayerNorm (the GNS convention)."""
+
+  def __init__(self, sizes: Sequence[int], activation: str = "relu",
+               activate_final: bool = False, layer_norm: bool = False,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self.sizes = tuple(sizes)
+    self.act = get_activation(activation)
+    self.activate_final = activate_final
+    self.layer_norm = layer_norm
+
+  def __call__(self, x):
+    for i, size in enumerate(self.sizes):
+      x = hk.Linear(size, name=f"linear_{i}")(x)
+      if i < len(self.sizes) - 1 or self.activate_final:
+        x = self.act(x)
+    if self.layer_norm:
+      x = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True)(x)
+    return x
+
+
+def segment_mean(data, segment_ids, num_segments, mask=None):
+  """Mean of ``data`` rows per segment (rows with mask False ignored)."""
+  w = jnp.ones(data.shape[:1], data.dtype) if mask is None else mask.astype(
+      data.dtype)
+  w = w.reshape((-1,) + (1,) * (data.ndim - 1))
+  total = jax.ops.segment_sum(data * w, segment_ids, num_segments)
+  count = jax.ops.segment_sum(w, segment_ids, num_segments)
+  return total / jnp.maximum(count, 1.0)
+
+
+def node_graph_index(n_node: jnp.ndarray, num_nodes: int) -> jnp.ndarray:
+  """[N] index of the graph each node belongs to (static ``num_nodes``)."""
+  return jnp.repeat(jnp.arange(n_node.shape[0]), n_node,
+                    total_repeat_length=num_nodes)

@@ -1,0 +1,236 @@
+"""Atomic structures on the host: the one record type every reader returns.
+
+A ``Structure`` is plain numpy (no JAX): atomic numbers, Cartesian positions,
+the cell and periodic flags, graph-level targets, per-atom arrays (OC20 tags,
+fixed flags, relaxed positions, trajectory frames...) and JSON metadata.
+Readers (OC20, QM9, crystal folders) and generators (EMT, pyxtal, xTB) all
+produce lists of ``Structure``; tasks turn them into graphs.
+
+Lists of structures are cached with ``save_structures`` / ``load_structures``
+as a single ``.npz`` of concatenated arrays plus a JSON index — no pickle.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+MAX_ATOMIC_NUMBER = 118
+
+
+class DataError(ValueError):
+  """Bad input: the message names the sample (file or id) and the fault."""
+
+  def __init__(self, sample: str, fault: str):
+    self.sample = str(sample)
+    self.fault = str(fault)
+    super().__init__(f"{self.sample}: {self.fault}")
+
+
+@dataclasses.dataclass
+class Structure:
+  """One atomic system.
+
+  Attributes:
+    id: unique sample id (file name, OC20 sid, QM9 index...).
+    atomic_numbers: int32 [n].
+    positions: float64 [n, 3], Cartesian, Å.
+    cell: float64 [3, 3], rows are the lattice vectors a, b, c (Å); zeros for
+      a molecule.
+    pbc: bool [3], periodic flags per lattice direction.
+    targets: graph-level labels, name -> float64 array (scalar or vector).
+    node_arrays: per-atom arrays whose leading axis is n (``tags``,
+      ``fixed``, ``positions_relaxed``...), or [F, n, ...] for arrays whose
+      name starts with ``frames`` (trajectory frames).
+    info: JSON-serialisable metadata (source file, space group, ...).
+  """
+  id: str
+  atomic_numbers: np.ndarray
+  positions: np.ndarray
+  cell: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros((3, 3)))
+  pbc: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros(3, bool))
+  targets: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  node_arrays: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  info: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    self.id = str(self.id)
+    self.atomic_numbers = np.asarray(self.atomic_numbers).astype(np.int32)
+    self.positions = np.asarray(self.positions, np.float64).reshape(-1, 3)
+    self.cell = np.asarray(self.cell, np.float64).reshape(3, 3)
+    self.pbc = np.broadcast_to(np.asarray(self.pbc, bool), (3,)).copy()
+    self.targets = {k: np.asarray(v, np.float64)
+                    for k, v in self.targets.items()}
+    self.node_arrays = {k: np.asarray(v) for k, v in self.node_arrays.items()}
+
+  @property
+  def num_atoms(self) -> int:
+    return int(self.atomic_numbers.shape[0])
+
+  @property
+  def periodic(self) -> bool:
+    return bool(self.pbc.any())
+
+  def validate(self) -> "Structure":
+    """Raises ``DataError`` naming this sample if it is unusable."""
+    n = self.num_atoms
+    if n == 0:
+      raise DataError(self.id, "structure has no atoms")
+    if self.positions.shape != (n, 3):
+      raise DataError(self.id, f"positions shape {self.positions.shape} does "
+                      f"not match {n} atoms")
+    z = self.atomic_numbers
+    if z.min() < 1 or z.max() > MAX_ATOMIC_NUMBER:
+      bad = int(z[(z < 1) | (z > MAX_ATOMIC_NUMBER)][0])
+      raise DataError(self.id, f"unknown element with atomic number {bad}")
+    if not np.all(np.isfinite(self.positions)):
+      raise DataError(self.id, "non-finite (NaN or inf) coordinates")
+    if not np.all(np.isfinite(self.cell)):
+      raise DataError(self.id, "non-finite cell")
+    if self.periodic:
+      vol = float(np.linalg.det(self.cell))
+      if not vol > 1e-6:
+        raise DataError(self.id, f"singular or negative-volume cell "
+                        f"(volume {vol:.3g} Å^3)")
+    for k, v in self.targets.items():
+      if not np.all(np.isfinite(v)):
+        raise DataError(self.id, f"target {k!r} is missing or not finite")
+    for k, v in self.node_arrays.items():
+      axis = 1 if k.startswith("frames") else 0
+      if v.ndim <= axis or v.shape[axis] != n:
+        raise DataError(self.id, f"per-atom array {k!r} has shape {v.shape}, "
+                        f"expected {n} atoms on axis {axis}")
+    return self
+
+  # -- conversions -----------------------------------------------------------
+  @classmethod
+  def from_ase(cls, atoms, id: str, targets=None, info=None,
+               **node_arrays) -> "Structure":
+    """From ``ase.Atoms`` (FixAtoms constraints become ``fixed``)."""
+    arrays = dict(node_arrays)
+    if atoms.constraints and "fixed" not in arrays:
+      fixed = np.zeros(len(atoms), np.int32)
+      for c in atoms.constraints:
+        if type(c).__name__ == "FixAtoms":
+          fixed[c.get_indices()] = 1
+      arrays["fixed"] = fixed
+    if "tags" not in arrays and np.any(atoms.get_tags()):
+      arrays["tags"] = atoms.get_tags().astype(np.int32)
+    return cls(id=id, atomic_numbers=atoms.numbers, positions=atoms.positions,
+               cell=np.asarray(atoms.cell), pbc=atoms.pbc,
+               targets=dict(targets or {}), node_arrays=arrays,
+               info=dict(info or {}))
+
+  def to_ase(self):
+    import ase  # pylint: disable=g-import-not-at-top
+    atoms = ase.Atoms(numbers=self.atomic_numbers, positions=self.positions,
+                      cell=self.cell, pbc=self.pbc)
+    if "tags" in self.node_arrays:
+      atoms.set_tags(self.node_arrays["tags"])
+    return atoms
+
+
+# -- npz cache -----------------------------------------------------------------
+def save_structures(path: str, structures: Sequence[Structure]) -> None:
+  """Writes structures to one ``.npz`` (atomically: temp file + rename)."""
+  n_atoms = np.array([s.num_atoms for s in structures], np.int64)
+  arrays = {
+      "n_atoms": n_atoms,
+      "atomic_numbers": _cat([s.atomic_numbers for s in structures], np.int32),
+      "positions": _cat([s.positions for s in structures], np.float64, (0, 3)),
+      "cell": np.array([s.cell for s in structures]).reshape(-1, 3, 3),
+      "pbc": np.array([s.pbc for s in structures], bool).reshape(-1, 3),
+  }
+  index = {"ids": [s.id for s in structures],
+           "info": [s.info for s in structures], "targets": {}, "nodes": {}}
+  for key in sorted({k for s in structures for k in s.targets}):
+    vals = [s.targets.get(key) for s in structures]
+    shape = next(np.shape(v) for v in vals if v is not None)
+    has = np.array([v is not None for v in vals])
+    arrays[f"t/{key}"] = np.array(
+        [v if v is not None else np.full(shape, np.nan) for v in vals])
+    arrays[f"th/{key}"] = has
+  for key in sorted({k for s in structures for k in s.node_arrays}):
+    vals = [s.node_arrays.get(key) for s in structures]
+    present = [v for v in vals if v is not None]
+    frames = key.startswith("frames")
+    lens = np.array([0 if v is None else (v.shape[1] if frames else len(v))
+                     * (v.shape[0] if frames else 1) for v in vals])
+    counts = np.array([0 if v is None else v.shape[0] for v in vals])
+    flat = [v.reshape((-1,) + v.shape[2:]) if frames else v for v in present]
+    arrays[f"n/{key}"] = np.concatenate(flat) if flat else np.zeros(0)
+    arrays[f"nl/{key}"] = lens
+    arrays[f"nc/{key}"] = counts
+  arrays["index_json"] = np.frombuffer(
+      json.dumps(index).encode("utf-8"), np.uint8)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def load_structures(path: str) -> List[Structure]:
+  """Inverse of ``save_structures``."""
+  try:
+    data = np.load(path, allow_pickle=False)
+    index = json.loads(bytes(data["index_json"]).decode("utf-8"))
+    n_atoms = data["n_atoms"]
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(path, f"unreadable structure cache ({e})") from e
+  off = np.concatenate([[0], np.cumsum(n_atoms)])
+  z, pos, cell, pbc = (data["atomic_numbers"], data["positions"], data["cell"],
+                       data["pbc"])
+  tkeys = [k[2:] for k in data.files if k.startswith("t/")]
+  nkeys = [k[2:] for k in data.files if k.startswith("n/")]
+  targets = {k: (data[f"t/{k}"], data[f"th/{k}"]) for k in tkeys}
+  nodes = {}
+  for k in nkeys:
+    lens = data[f"nl/{k}"]
+    nodes[k] = (data[f"n/{k}"], np.concatenate([[0], np.cumsum(lens)]),
+                data[f"nc/{k}"])
+  out = []
+  for i, sid in enumerate(index["ids"]):
+    sl = slice(off[i], off[i + 1])
+    t = {k: v[i] for k, (v, has) in targets.items() if has[i]}
+    na = {}
+    for k, (flat, o, counts) in nodes.items():
+      if o[i + 1] == o[i] and counts[i] == 0:
+        continue
+      v = flat[o[i]:o[i + 1]]
+      if k.startswith("frames"):
+        v = v.reshape((counts[i], -1) + v.shape[1:])
+      na[k] = v
+    out.append(Structure(id=sid, atomic_numbers=z[sl], positions=pos[sl],
+                         cell=cell[i], pbc=pbc[i], targets=t, node_arrays=na,
+                         info=index["info"][i]))
+  return out
+
+
+def _cat(arrs: Iterable[np.ndarray], dtype, empty_shape=(0,)) -> np.ndarray:
+  arrs = list(arrs)
+  if not arrs:
+    return np.zeros(empty_shape, dtype)
+  return np.concatenate(arrs).astype(dtype)
+
+
+def validate_all(structures: Sequence[Structure], skip_invalid: bool = False,
+                 report: Optional[List[str]] = None) -> List[Structure]:
+  """Validates every structure; raises on the first bad one, or skips it.
+
+  With ``skip_invalid`` the faults are appended to ``report`` (a list of
+  "id: fault" lines) instead of raising.
+  """
+  out = []
+  for s in structures:
+    try:
+      out.append(s.validate())
+    except DataError as e:
+      if not skip_invalid:
+        raise
+      if report is not None:
+        report.append(str(e))
+  return out
