@@ -1,0 +1,10 @@
+"""OC20 data: readers of the real formats, an EMT generator, metrics.
+
+Readers (``readers``, ``legacy_lmdb``) return lists of
+``noisy_nodes.structures.Structure`` with ``node_arrays`` ``tags`` (0
+sub-surface, 1 surface, 2 adsorbate), ``fixed`` (1 = fixed),
+``positions_relaxed`` [n, 3] and, for trajectories, ``frames_positions``
+[F, n, 3]; ``targets`` ``energy_relaxed`` / ``energy_initial``; ``info``
+with ``sid``, ``source`` and ``energy_kind`` ('adsorption' or 'total').
+"""
+from noisy_nodes.oc20 import metrics  # noqa: F401
