@@ -1,0 +1,135 @@
+"""GATGNN and DeeperGATGNN (Louis et al. 2020; Omee et al. 2021).
+
+Architecture (DeeperGATGNN paper Fig. 1, reference ``DEEP_GATGNN``):
+
+  x = leaky_relu_0.2(Linear(node features)),  e = leaky_relu_0.2(Linear(edge
+  features));  L x [AGAT -> DiffGroupNorm -> + previous output -> dropout];
+  global attention pooling with the composition vector (eq. 2);
+  post-FC (Linear + act) -> Linear -> T outputs.
+
+``deeper=False`` gives plain GATGNN: BatchNorm instead of DGN and no skip.
+Edge features are not updated by the layers.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import jraph
+
+from noisy_nodes import nn as nn_lib
+from crystal.models import pooling
+from crystal.models import stack
+
+_GLOROT = hk.initializers.VarianceScaling(1.0, "fan_avg", "uniform")
+
+
+class AGATLayer(hk.Module):
+  """Augmented graph attention layer (paper eq. 1; reference AGAT layer).
+
+  For an edge j -> i with (projected) edge feature e_ij and head h:
+    u_i = act([x_i ‖ e_ij] W),  u_j = act([x_j ‖ e_ij] W)   W: [2D, H·D]
+    a_ij = act(BN(act(Σ_d [u_i ‖ u_j]_h · att_h)))          logits [E, H]
+    α_ij = softmax over the edges entering i of a_ij        eq. 1
+    x_i' = mean_h Σ_j α_ij,h u_j,h + bias
+  [x ‖ e] W = x W_x + e W_e, so x W_x is computed once per node and e W_e
+  once per edge (shared by both endpoints) instead of twice per edge.
+  """
+
+  def __init__(self, dim: int, heads: int = 4, activation: str = "softplus",
+               dropout_rate: float = 0.0, name: Optional[str] = None):
+    super().__init__(name=name)
+    self.dim = dim
+    self.heads = heads
+    self.act = nn_lib.get_activation(activation)
+    self.dropout_rate = dropout_rate
+
+  def __call__(self, x, e, senders, receivers, edge_mask, is_training):
+    """x [N, D], e [E, D] -> (x' [N, D], attention α [E, H])."""
+    n, d = x.shape
+    hd = self.heads * self.dim
+    w = hk.get_parameter("w", (2 * d, hd), x.dtype, _GLOROT)
+    att = hk.get_parameter("att", (self.heads, 2 * self.dim), x.dtype,
+                           _GLOROT)
+    bias = hk.get_parameter("bias", (self.dim,), x.dtype, jnp.zeros)
+    xw = x @ w[:d]                                             # [N, H·D]
+    ew = e @ w[d:]                                             # [E, H·D]
+    shape = (-1, self.heads, self.dim)
+    u_i = self.act(xw[receivers] + ew).reshape(shape)          # [E, H, D]
+    u_j = self.act(xw[senders] + ew).reshape(shape)
+    logits = self.act(jnp.einsum("ehd,hd->eh", u_i, att[:, :self.dim]) +
+                      jnp.einsum("ehd,hd->eh", u_j, att[:, self.dim:]))
+    logits = self.act(nn_lib.MaskedBatchNorm(name="head_norm")(
+        logits, edge_mask, is_training))
+    alpha = pooling.segment_softmax(logits, receivers, n, edge_mask)
+    alpha_used = stack.dropout(alpha, self.dropout_rate, is_training)
+    msg = u_j * alpha_used[:, :, None]
+    out = jax.ops.segment_sum(msg, receivers, n)               # [N, H, D]
+    return out.mean(axis=1) + bias, alpha
+
+
+class GATGNN(hk.Module):
+  """DeeperGATGNN (``deeper=True``, default) or plain GATGNN.
+
+  Call ``model(graph, is_training)`` on a padded batch; returns
+  ``{'graph': [G, T], 'node_embedding': [N, dim], 'attention_pool': [N]}``
+  and, with ``output_attention``, ``'attention': [L, E, heads]``.
+  """
+
+  def __init__(self, num_targets: int = 1, dim: int = 64,
+               num_layers: int = 20, heads: int = 4,
+               activation: str = "softplus", dropout_rate: float = 0.0,
+               deeper: bool = True, norm: Optional[str] = None,
+               residual: Optional[bool] = None, post_fc_layers: int = 1,
+               global_fc_layers: int = 2, dgn_groups: int = 10,
+               dgn_lamda: float = 0.01, output_attention: bool = False,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self.num_targets = num_targets
+    self.dim = dim
+    self.num_layers = num_layers
+    self.heads = heads
+    self.activation = activation
+    self.dropout_rate = dropout_rate
+    self.norm = stack.norm_kind(deeper, norm)
+    self.residual = deeper if residual is None else residual
+    self.post_fc_layers = post_fc_layers
+    self.global_fc_layers = global_fc_layers
+    self.dgn_groups = dgn_groups
+    self.dgn_lamda = dgn_lamda
+    self.output_attention = output_attention
+
+  def __call__(self, graph: jraph.GraphsTuple, is_training: bool) -> dict:
+    g = stack.read_graph(graph)
+    if g.composition is None:
+      raise ValueError("GATGNN needs graph.globals['composition'] [G, C] "
+                       "for its global attention")
+    leaky = nn_lib.get_activation("leaky_relu")
+    x = leaky(hk.Linear(self.dim, name="pre_fc_node")(g.nodes))
+    e = leaky(hk.Linear(self.dim, name="pre_fc_edge")(g.edges))
+
+    def layer(h, index):
+      del index
+      h, alpha = AGATLayer(self.dim, self.heads, self.activation,
+                           self.dropout_rate, name="agat")(
+                               h, e, g.senders, g.receivers, g.edge_mask,
+                               is_training)
+      h = stack.make_norm(self.norm, "norm", self.dgn_groups,
+                          self.dgn_lamda)(h, g.node_mask, is_training)
+      return h, (alpha if self.output_attention else None)
+
+    x, alphas = stack.scanned_stack(
+        layer, x, self.num_layers, residual=self.residual,
+        dropout_rate=self.dropout_rate, is_training=is_training)
+    pooled, weights = pooling.GlobalAttentionPool(
+        self.dim, self.global_fc_layers, self.activation,
+        name="global_attention")(x, g.composition, g.node_graph,
+                                 g.num_graphs, g.node_mask)
+    out = stack.output_head(pooled, [self.dim] * self.post_fc_layers,
+                            self.num_targets, self.activation)
+    result = {"graph": out, "node_embedding": x, "attention_pool": weights}
+    if self.output_attention:
+      result["attention"] = alphas
+    return result
