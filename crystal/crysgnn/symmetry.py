@@ -14,6 +14,7 @@ tolerance. A structure for which spglib finds no symmetry dataset raises
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict
 
 import numpy as np
@@ -53,12 +54,18 @@ def symmetry_dataset(structure: Structure, symprec: float = SYMPREC):
   if not abs(np.linalg.det(cell)) > 1e-6:
     raise DataError(structure.id, "singular cell: no space group")
   frac = np.linalg.solve(cell.T, structure.positions.T).T
-  data = spglib.get_symmetry_dataset(
-      (cell, frac, structure.atomic_numbers), symprec=symprec,
-      angle_tolerance=ANGLE_TOLERANCE)
+  try:
+    with warnings.catch_warnings():
+      # spglib 2.x warns about its legacy error handling on every call.
+      warnings.simplefilter("ignore", DeprecationWarning)
+      data = spglib.get_symmetry_dataset(
+          (cell, frac, structure.atomic_numbers), symprec=symprec,
+          angle_tolerance=ANGLE_TOLERANCE)
+      message = None if data is not None else spglib.get_error_message()
+  except Exception as e:  # pylint: disable=broad-except  (SpglibError)
+    data, message = None, str(e)
   if data is None:
-    raise DataError(structure.id, "spglib found no symmetry "
-                    f"({spglib.get_error_message()})")
+    raise DataError(structure.id, f"spglib found no symmetry ({message})")
   return data
 
 
