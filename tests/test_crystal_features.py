@@ -199,3 +199,79 @@ def test_fit_minmax_and_cgcnn_config():
   assert g.edges["features"].shape == (96, 41)
   # ConfigDict / dict configs are accepted.
   assert F.CrystalFeaturizer({"cutoff": 5.0}).config.cutoff == 5.0
+
+
+# -- graph cache and splits (crystal.datasets) ------------------------------------------
+def _graphs_equal(a, b):
+  for sec in ("nodes", "edges", "globals"):
+    da, db = getattr(a, sec), getattr(b, sec)
+    assert sorted(da) == sorted(db)
+    for k in da:
+      assert da[k].dtype == db[k].dtype, (sec, k)
+      np.testing.assert_array_equal(da[k], db[k])
+  for k in ("senders", "receivers", "n_node", "n_edge"):
+    np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+
+
+def _small_set():
+  import ase.build
+  out = [_nacl()]
+  for i, a in enumerate([3.5, 3.6, 3.7]):
+    out.append(Structure.from_ase(ase.build.bulk("Cu", a=a), f"cu{i}",
+                                  targets={"target": [a, 0.0]}))
+  return out
+
+
+def test_graph_cache_roundtrip_and_invalidation(tmp_path):
+  from crystal import datasets as D
+  structs = _small_set()
+  f = F.CrystalFeaturizer()
+  direct = [f(s) for s in structs]
+  g1 = D.load_or_build(structs, f, str(tmp_path))
+  files = sorted(p.name for p in tmp_path.iterdir())
+  assert len(files) == 1 and files[0].endswith(".npz")
+  for a, b in zip(direct, g1):
+    _graphs_equal(a, b)
+  # Second call reads the cache (same file, same graphs).
+  g2 = D.load_or_build(structs, f, str(tmp_path))
+  assert sorted(p.name for p in tmp_path.iterdir()) == files
+  for a, b in zip(direct, g2):
+    _graphs_equal(a, b)
+  # Changing a setting, or a structure, makes a new key.
+  f2 = F.CrystalFeaturizer(F.FeaturizerConfig(cutoff=6.0))
+  k0 = D.cache_key(structs, f)
+  assert D.cache_key(structs, f2) != k0
+  assert D.cache_key(structs, f.fit(structs)) != k0
+  moved = _small_set()
+  moved[1].positions = moved[1].positions + 0.01
+  assert D.cache_key(moved, f) != k0
+  g3 = D.load_or_build(structs, f2, str(tmp_path))
+  assert len(list(tmp_path.iterdir())) == 2
+  _graphs_equal(g3[0], f2(structs[0]))
+
+
+def test_featurize_workers_match_inprocess():
+  from crystal import datasets as D
+  structs = _small_set()
+  f = F.CrystalFeaturizer(F.cgcnn_config())
+  par = D.featurize_all(structs, f, num_workers=2)
+  for s, g in zip(structs, par):
+    _graphs_equal(f(s), g)
+
+
+def test_splits():
+  from crystal import datasets as D
+  tr, va, te = D.holdout_split(103, seed=3)
+  assert (len(tr), len(va), len(te)) == (82, 5, 16)
+  assert sorted(np.concatenate([tr, va, te]).tolist()) == list(range(103))
+  again = D.holdout_split(103, seed=3)
+  assert all(np.array_equal(a, b) for a, b in zip((tr, va, te), again))
+  assert not np.array_equal(D.holdout_split(103, seed=4)[0], tr)
+  folds = D.kfold_splits(23, k=5, seed=1)
+  tests = [te for _, te in folds]
+  assert sorted(np.concatenate(tests).tolist()) == list(range(23))
+  assert [len(t) for t in tests] == [5, 5, 5, 4, 4]
+  for trn, tst in folds:
+    assert not set(trn) & set(tst) and len(trn) + len(tst) == 23
+  assert all(np.array_equal(a[1], b[1])
+             for a, b in zip(folds, D.kfold_splits(23, 5, 1)))
