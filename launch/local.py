@@ -152,7 +152,7 @@ def launch_local(module: str, args: Sequence[str], num_processes: int,
                  devices_per_process: int = 1, timeout: float = 3600.0,
                  env: Optional[Mapping[str, str]] = None, *,
                  port: Optional[int] = None, platform: str = "cpu",
-                 stream=sys.stdout, grace: float = _GRACE_S,
+                 echo: bool = True, stream=None, grace: float = _GRACE_S,
                  cwd: Optional[str] = None) -> List[Tuple[int, str]]:
   """Runs `module args` as `num_processes` cooperating local processes.
 
@@ -165,7 +165,8 @@ def launch_local(module: str, args: Sequence[str], num_processes: int,
     env: extra variables for every process (override ours).
     port: coordinator port, or None to pick a free one.
     platform: 'cpu' or 'gpu' (see module docstring).
-    stream: where prefixed lines are echoed (None: silent).
+    echo: whether to echo every line, prefixed with ``[i] ``.
+    stream: where lines are echoed (default: sys.stdout at call time).
     grace: seconds between SIGTERM and SIGKILL when stopping processes.
     cwd: working directory of the processes.
 
@@ -177,6 +178,7 @@ def launch_local(module: str, args: Sequence[str], num_processes: int,
   if num_processes < 1 or devices_per_process < 1:
     raise ValueError("num_processes and devices_per_process must be >= 1")
   port = free_port() if port is None else port
+  stream = (sys.stdout if stream is None else stream) if echo else None
   lock = threading.Lock()
   outputs: List[List[str]] = [[] for _ in range(num_processes)]
   procs, readers = [], []
