@@ -48,12 +48,6 @@ def make_systems(seed=0):
   return systems
 
 
-def _time(fn):
-  t = time.perf_counter()
-  out = fn()
-  return time.perf_counter() - t, out
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=20)
@@ -77,14 +71,16 @@ def main():
   edges = {}
   for rep in range(args.repeats):
     for name, atoms in systems:
-      first_ours = rep % 2 == 0
-      for which in ((0, 1) if first_ours else (1, 0)):
-        if which == 0:
-          dt, edges[name] = _time(lambda: ours(name, atoms))  # pylint: disable=cell-var-from-loop
-          t_ours[name].append(dt)
+      # Alternate which search runs first so neither always gets warm caches.
+      for which in (("ours", "ase") if rep % 2 == 0 else ("ase", "ours")):
+        if which == "ours":
+          t = time.perf_counter()
+          edges[name] = ours(name, atoms)
+          t_ours[name].append(time.perf_counter() - t)
         else:
-          dt, _ = _time(lambda: theirs(atoms))  # pylint: disable=cell-var-from-loop
-          t_ase[name].append(dt)
+          t = time.perf_counter()
+          theirs(atoms)
+          t_ase[name].append(time.perf_counter() - t)
 
   print(f"cutoff {args.cutoff} Å, {args.repeats} interleaved repeats, "
         f"{os.cpu_count()} CPUs, OMP_NUM_THREADS="
