@@ -14,8 +14,9 @@
 #     -- --config=configs/oc20.py:demo --workdir=/shared/run
 #
 # The arguments after `--` go to `python -m noisy_nodes.train` (or
-# noisy_nodes.evaluate with --entry=evaluate). The coordinator flags are passed
-# to the CLI, which hands them to jax.distributed.initialize. The workdir must
+# noisy_nodes.evaluate with --entry=evaluate). The coordinates are passed as
+# NN_COORDINATOR_ADDRESS / NN_NUM_PROCESSES / NN_PROCESS_ID, which the CLI
+# hands to jax.distributed.initialize. The workdir must
 # be on storage that all nodes share. After a preemption (exit status 143)
 # rerun the same commands: training resumes from the last checkpoint.
 set -uo pipefail
@@ -82,9 +83,9 @@ if [[ -n $HOSTS ]]; then
   IFS=, read -r -a hosts <<<"$HOSTS"
   for i in "${!hosts[@]}"; do
     echo "# on ${hosts[i]}:"
-    quote_all "$PYTHON" -m "noisy_nodes.$ENTRY" \
-      --coordinator_address="${hosts[0]}:$PORT" --num_processes="${#hosts[@]}" \
-      --process_id="$i" "${ARGS[@]}"
+    quote_all "NN_COORDINATOR_ADDRESS=${hosts[0]}:$PORT" \
+      "NN_NUM_PROCESSES=${#hosts[@]}" "NN_PROCESS_ID=$i" \
+      "$PYTHON" -m "noisy_nodes.$ENTRY" "${ARGS[@]}"
     echo
   done
   exit 0
@@ -98,11 +99,15 @@ if ! [[ $PID =~ ^(0|[1-9][0-9]*)$ ]] || ((PID >= NUM)); then
   die "--process_id must be in [0, $NUM)"
 fi
 
-CMD=("$PYTHON" -m "noisy_nodes.$ENTRY" --coordinator_address="$COORDINATOR"
-     --num_processes="$NUM" --process_id="$PID" "${ARGS[@]}")
+# The coordinates travel as NN_* variables, which both CLIs (train and
+# evaluate) read; printed as VAR=value prefixes, which a shell accepts.
+VARS=("NN_COORDINATOR_ADDRESS=$COORDINATOR" "NN_NUM_PROCESSES=$NUM"
+      "NN_PROCESS_ID=$PID")
+CMD=("$PYTHON" -m "noisy_nodes.$ENTRY" "${ARGS[@]}")
 if ((DRY_RUN)); then
-  quote_all "${CMD[@]}"; echo
+  quote_all "${VARS[@]}" "${CMD[@]}"; echo
   exit 0
 fi
-echo "+ $(quote_all "${CMD[@]}")" >&2
+echo "+ $(quote_all "${VARS[@]}" "${CMD[@]}")" >&2
+export "${VARS[@]}"
 exec "${CMD[@]}"

@@ -279,7 +279,10 @@ $q_py -m venv $(quote "$VENV") && $(quote "$VENV")/bin/pip install -q -U pip \
 
 # The CLI command every worker runs (quoted into one string for ssh).
 cli_command() {
-  local cmd=(-m "noisy_nodes.$ENTRY")
+  # --distributed=on: on GCE TPU VMs no environment variable reveals the
+  # slice (JAX asks the metadata server), so the CLI is told to call
+  # jax.distributed.initialize() rather than guess.
+  local cmd=(-m "noisy_nodes.$ENTRY" --distributed=on)
   if [[ $ENTRY == train ]]; then
     cmd+=(--config="$CONFIG" --workdir="$WORKDIR")
   else

@@ -109,7 +109,7 @@ def test_tpu_pod_dry_run_prints_every_command():
   train = _remote(cmds[5][-1])
   assert train == ["cd", "noisy_nodes", "&&", "PYTHONUNBUFFERED=1",
                    "~/nn_venv/bin/python", "-m", "noisy_nodes.train",
-                   "--config=configs/oc20.py:demo", "--workdir=gs://bkt/run1",
+                   "--distributed=on", "--config=configs/oc20.py:demo", "--workdir=gs://bkt/run1",
                    "--config.train.num_steps=100", "--config.name=it's x"]
   assert len(cmds) == 6
   assert "rerun the same command" in r.stdout  # The restart loop is announced.
@@ -134,7 +134,7 @@ def test_tpu_pod_remote_command_runs_in_a_shell(tmp_path):
   assert r.returncode == 0, r.stderr
   assert json.loads(r.stdout) == [
       str(tmp_path / "noisy_nodes"), "1", "-m", "noisy_nodes.train",
-      "--config=configs/oc20.py:demo", "--workdir=gs://bkt/run1",
+      "--distributed=on", "--config=configs/oc20.py:demo", "--workdir=gs://bkt/run1",
       "--config.train.num_steps=100", "--config.name=it's x"]
 
 
@@ -170,7 +170,7 @@ def test_tpu_eval_dry_run():
   assert [c[4] for c in cmds] == ["describe", "ssh"]
   assert _remote(cmds[1][-1])[4:] == [
       "~/nn_venv/bin/python", "-m", "noisy_nodes.evaluate",
-      "--workdir=gs://b/r", "--split=test", "--checkpoint=best"]
+      "--distributed=on", "--workdir=gs://b/r", "--split=test", "--checkpoint=best"]
   assert "--worker=all" in cmds[1]
   assert "tpu_eval.sh" in _run(["bash", "launch/tpu_eval.sh", "--help"]).stdout
 
@@ -362,29 +362,33 @@ def test_multinode_dry_run_and_recipe():
             "--workdir=/shared/run"])
   assert r.returncode == 0, r.stderr
   assert _commands(r.stdout) == [[
-      "python", "-m", "noisy_nodes.train",
-      "--coordinator_address=10.0.0.1:1234", "--num_processes=2",
-      "--process_id=1", "--config=configs/oc20.py:demo",
-      "--workdir=/shared/run"]]
+      "NN_COORDINATOR_ADDRESS=10.0.0.1:1234", "NN_NUM_PROCESSES=2",
+      "NN_PROCESS_ID=1", "python", "-m", "noisy_nodes.train",
+      "--config=configs/oc20.py:demo", "--workdir=/shared/run"]]
   r = _run(["bash", "launch/multinode.sh", "--hosts=h0,h1,h2", "--port=99",
             "--entry=evaluate", "--", "--workdir=/w"])
   cmds = _commands(r.stdout)
-  assert [c[4] for c in cmds] == ["--num_processes=3"] * 3
-  assert [c[5] for c in cmds] == [f"--process_id={i}" for i in range(3)]
-  assert {c[3] for c in cmds} == {"--coordinator_address=h0:99"}
-  assert {c[2] for c in cmds} == {"noisy_nodes.evaluate"}
+  assert cmds == [["NN_COORDINATOR_ADDRESS=h0:99", "NN_NUM_PROCESSES=3",
+                   f"NN_PROCESS_ID={i}", "python", "-m",
+                   "noisy_nodes.evaluate", "--workdir=/w"] for i in range(3)]
   assert r.stdout.splitlines()[2] == "# on h1:"
 
 
-def test_multinode_runs_the_command_and_validates():
-  # Without --dry-run the command is exec'd: `echo` stands in for python.
-  r = _run(["bash", "launch/multinode.sh", "--python=echo",
-            "--coordinator_address=h:1", "--num_processes=1",
-            "--process_id=0", "--", "--workdir=/w"])
-  assert r.returncode == 0
-  assert r.stdout.split() == ["-m", "noisy_nodes.train",
-                              "--coordinator_address=h:1", "--num_processes=1",
-                              "--process_id=0", "--workdir=/w"]
+def test_multinode_runs_the_command_and_validates(tmp_path):
+  # Without --dry-run the command is exec'd; a stub stands in for python.
+  stub = tmp_path / "py"
+  _script(stub, f"""\
+      #!{sys.executable}
+      import json, os, sys
+      print(json.dumps([os.environ[k] for k in ("NN_COORDINATOR_ADDRESS",
+                        "NN_NUM_PROCESSES", "NN_PROCESS_ID")] + sys.argv[1:]))
+      """)
+  r = _run(["bash", "launch/multinode.sh", f"--python={stub}",
+            "--coordinator_address=h:1", "--num_processes=3",
+            "--process_id=2", "--", "--workdir=/w x"])
+  assert r.returncode == 0, r.stderr
+  assert json.loads(r.stdout) == ["h:1", "3", "2", "-m", "noisy_nodes.train",
+                                  "--workdir=/w x"]
   for bad in (["--num_processes=2", "--process_id=2"],
               ["--num_processes=0", "--process_id=0"],
               ["--num_processes=2", "--process_id=-1"]):
