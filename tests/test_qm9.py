@@ -166,6 +166,13 @@ def test_read_dir_errors(tmp_path):
   assert e.value.sample.endswith("dsgdb9nsd_000009.xyz")
   with pytest.raises(DataError, match="no such"):
     reader.read_qm9_dir(str(tmp_path / "missing"))
+  junk = tmp_path / "junk.tar"
+  junk.write_bytes(np.random.default_rng(0).bytes(1000))
+  with pytest.raises(DataError, match="tar"):
+    reader.read_qm9_dir(str(junk))
+  junk.write_bytes(b"short")
+  with pytest.raises(DataError, match="truncated"):
+    reader.read_qm9_dir(str(junk))
 
 
 def test_read_uncharacterized(tmp_path):
