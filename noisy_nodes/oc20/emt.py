@@ -145,8 +145,8 @@ def _clean_slab_energy(slab, desc, max_steps) -> Optional[float]:
   return e
 
 
-def generate_sample(index: int, seed: int, max_steps: int = MAX_STEPS,
-                    traj_dir: Optional[str] = None) -> Optional[Structure]:
+def generate_sample(index: int, seed: int, max_steps: int = MAX_STEPS
+                    ) -> Optional[Structure]:
   """One relaxation; None when it did not converge in ``max_steps``."""
   from ase.build import add_adsorbate  # pylint: disable=g-import-not-at-top
   from ase import Atoms  # pylint: disable=g-import-not-at-top
@@ -202,10 +202,8 @@ def generate_sample(index: int, seed: int, max_steps: int = MAX_STEPS,
                 adsorbate=ads_name, site=site, energy_kind="adsorption",
                 source="emt", converged=True, num_frames=len(frames),
                 slab_energy=e_slab, desorbed=bool(d.min() > 3.0),
+                gas_reference_energy=float(ref),
                 total_energy_relaxed=float(energies[-1])))
-  if traj_dir is not None:
-    write_traj(os.path.join(traj_dir, f"{sid}.traj"), s,
-               total_energies=energies)
   return s.validate()
 
 
@@ -215,8 +213,10 @@ def write_traj(path: str, s: Structure,
   from ase.calculators.singlepoint import SinglePointCalculator  # pylint: disable=g-import-not-at-top
   from ase.constraints import FixAtoms  # pylint: disable=g-import-not-at-top
   from ase.io.trajectory import Trajectory  # pylint: disable=g-import-not-at-top
-  energies = (total_energies if total_energies is not None
-              else s.targets["frames_energy"])
+  if total_energies is None:  # raw files carry total energies
+    total_energies = (s.targets["frames_energy"] + s.info["slab_energy"] +
+                      s.info["gas_reference_energy"])
+  energies = total_energies
   with Trajectory(path, "w") as traj:
     for pos, e in zip(s.node_arrays["frames_positions"], energies):
       atoms = s.to_ase()
@@ -227,8 +227,8 @@ def write_traj(path: str, s: Structure,
 
 
 def _work(args):
-  index, seed, max_steps, traj_dir = args
-  return generate_sample(index, seed, max_steps, traj_dir)
+  index, seed, max_steps = args
+  return generate_sample(index, seed, max_steps)
 
 
 @contextlib.contextmanager
@@ -247,8 +247,7 @@ def _pinned_threads():
 
 
 def generate_structures(n: int, seed: int, workers: int = 2,
-                        max_steps: int = MAX_STEPS,
-                        traj_dir: Optional[str] = None) -> List[Structure]:
+                        max_steps: int = MAX_STEPS) -> List[Structure]:
   """The first ``n`` converged samples of indices 0, 1, 2, ... (ordered)."""
   out: List[Structure] = []
   next_index = 0
@@ -259,9 +258,10 @@ def generate_structures(n: int, seed: int, workers: int = 2,
         pool = multiprocessing.get_context("spawn").Pool(workers)
     while len(out) < n:
       # Over-ask a little so a few non-converged samples need no extra round.
-      chunk = list(range(next_index, next_index + (n - len(out)) + 2))
+      chunk = list(range(next_index, next_index + (n - len(out)) +
+                         (n - len(out)) // 50))
       next_index = chunk[-1] + 1
-      jobs = [(i, seed, max_steps, traj_dir) for i in chunk]
+      jobs = [(i, seed, max_steps) for i in chunk]
       results = (pool.map(_work, jobs, chunksize=max(1, len(jobs) //
                                                       (4 * workers)))
                  if pool else [_work(j) for j in jobs])
@@ -300,8 +300,11 @@ def generate(n: int, seed: int, workers: int = 2,
       traj_dir = os.path.join(out_dir, "traj")
       os.makedirs(traj_dir, exist_ok=True)
   t0 = time.time()
-  samples = generate_structures(n, seed, workers, max_steps, traj_dir)
+  samples = generate_structures(n, seed, workers, max_steps)
   seconds = time.time() - t0
+  if traj_dir is not None:
+    for s in samples:
+      write_traj(os.path.join(traj_dir, f"{s.id}.traj"), s)
   splits, start = {}, 0
   for name, size in split_sizes.items():
     splits[name] = samples[start:start + size]
