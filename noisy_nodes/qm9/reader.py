@@ -435,7 +435,8 @@ def read_qm9_dir(path: str, exclude_ids: Optional[Iterable[int]] = None,
   if workers is None:
     # Results travel back pickled, so extra processes only pay off with
     # spare cores (on 2 shared cores one process was faster).
-    workers = 1 if n_hint < 2000 else max(1, min(4, (os.cpu_count() or 1) // 2))
+    spare = max(1, min(4, (os.cpu_count() or 1) // 2))
+    workers = 1 if n_hint < 2000 else spare
   opts = (allow_nan, keep_frequencies)
   if is_dir:
     tasks = ((chunk,) + opts for chunk in
