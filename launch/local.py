@@ -22,7 +22,9 @@ Output of every process is streamed line by line, prefixed with ``[i]``. When
 any process exits non-zero, or the timeout passes, the others are terminated
 (SIGTERM to their process group, SIGKILL after a grace period) so a crashed
 peer never leaves the rest blocked in a collective. The launcher exits with
-the first non-zero status (1 if it timed out), 0 if all succeeded.
+the first non-zero status, 0 if all succeeded. SIGTERM to the launcher is
+passed on to every process (the trainer checkpoints and exits 143), and the
+launcher then exits 143 too: rerunning the same command resumes.
 """
 import argparse
 import os
@@ -220,10 +222,11 @@ def launch_local(module: str, args: Sequence[str], num_processes: int,
         break
       time.sleep(0.05)
   finally:
-    # Also runs on KeyboardInterrupt: never leave orphans behind.
+    # Also runs on KeyboardInterrupt/SIGTERM: never leave orphans behind,
+    # and let the readers drain what the stopped processes printed last.
     _stop(procs, grace)
-  for t in readers:
-    t.join(timeout=5.0)
+    for t in readers:
+      t.join(timeout=5.0)
   return [(p.returncode, "".join(out)) for p, out in zip(procs, outputs)]
 
 
@@ -250,6 +253,15 @@ def exit_status(results: Sequence[Tuple[int, str]]) -> int:
   return 0
 
 
+class _Terminated(Exception):
+  """SIGTERM reached the launcher (e.g. the job was preempted)."""
+
+
+def _raise_terminated(signum, frame):
+  del signum, frame
+  raise _Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if "--" not in argv:
@@ -272,9 +284,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not command:
     parser.error("missing '-- MODULE [ARGS...]'")
   port = None if flags.port == "auto" else int(flags.port)
-  results = launch_local(command[0], command[1:], flags.num_processes,
-                         flags.devices_per_process, flags.timeout,
-                         port=port, platform=flags.platform)
+  # SIGTERM to the launcher is passed on (launch_local's cleanup sends SIGTERM
+  # first): the trainers checkpoint and exit 143, and so do we.
+  signal.signal(signal.SIGTERM, _raise_terminated)
+  try:
+    results = launch_local(command[0], command[1:], flags.num_processes,
+                           flags.devices_per_process, flags.timeout,
+                           port=port, platform=flags.platform)
+  except _Terminated:
+    print("[launch.local] SIGTERM: stopped all processes", flush=True)
+    return 143
   return exit_status(results)
 
 

@@ -536,3 +536,32 @@ def test_local_timeout_and_module_form(tmp_path):
   assert time.monotonic() - start < 15
   assert all(code < 0 for code, _ in results)
   assert [out.split() for _, out in results] == [["id", "0"], ["id", "1"]]
+
+
+SIGTERM_SCRIPT = """\
+import os, signal, sys, time
+def on_term(*_):
+  print("checkpoint and exit", flush=True)
+  sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_local_cli_passes_sigterm_on(tmp_path):
+  script = tmp_path / "term.py"
+  script.write_text(SIGTERM_SCRIPT)
+  p = subprocess.Popen([sys.executable, "-m", "launch.local",
+                        "--num_processes=2", "--", str(script)], cwd=REPO,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+  lines = []
+  while sum(l.endswith("] ready\n") for l in lines) < 2:
+    line = p.stdout.readline()
+    assert line, "".join(lines)
+    lines.append(line)
+  p.terminate()
+  out, _ = p.communicate(timeout=30)
+  assert p.returncode == 143
+  assert "[0] checkpoint and exit" in out and "[1] checkpoint and exit" in out
