@@ -11,7 +11,7 @@
   globals: cell float32[1,3,3], pbc bool[1,3], composition float32[1,108],
            target float32[1,T] when the structure has ``targets['target']``.
 
-Edges come from ``noisy_nodes.neighbors.neighbor_list`` (edge j -> i, sender
+Graphs come from ``noisy_nodes.graphs.structure_to_graph`` (edge j -> i, sender
 j, receiver i): every periodic image within ``cutoff`` by default, or one edge
 per atom pair (``minimum_image``, the reference graph), the ``max_neighbors``
 nearest per receiver, and optional zero-length self loops which do not count
@@ -65,6 +65,7 @@ import numpy as np
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
+from noisy_nodes.graphs import structure_to_graph
 from noisy_nodes.neighbors import neighbor_list
 from noisy_nodes.structures import DataError, Structure
 
@@ -365,37 +366,29 @@ class CrystalFeaturizer:
     sid = structure.id
     structure.validate()
     z = structure.atomic_numbers
-    n = structure.num_atoms
-    nl = self.neighbors(structure)
+    extra_globals = {}
+    if c.composition:
+      extra_globals["composition"] = composition_vector(z, sample=sid)[None]
+    if "target" in structure.targets:
+      extra_globals["target"] = np.atleast_1d(
+          structure.targets["target"]).astype(np.float32)[None]
+    g = structure_to_graph(structure, c.cutoff, c.max_neighbors,
+                           self_loops=c.self_loops,
+                           minimum_image=c.minimum_image,
+                           extra_globals=extra_globals)
     if c.node_features == "onehot":
       x = onehot_atomic_number(z, sample=sid)
     else:
       x = cgcnn92(z, sample=sid)
     if c.degree:
-      x = np.concatenate([x, onehot_degree(nl.receivers, n, c.num_degree)],
-                         axis=1)
-    d = nl.distances
+      x = np.concatenate(
+          [x, onehot_degree(g.receivers, structure.num_atoms, c.num_degree)],
+          axis=1)
+    d = g.edges["distances"].astype(np.float64)
     if c.distance_scaling == "minmax":
       lo, hi = self.distance_range()
       d = (d - lo) / (hi - lo)
     e = gaussian_expansion(d, c.gaussian_start, c.gaussian_stop,
                            c.num_gaussians, c.gaussian_width, c.gaussian_form)
-    globals_ = {"cell": structure.cell.astype(np.float32)[None],
-                "pbc": structure.pbc[None].copy()}
-    if c.composition:
-      globals_["composition"] = composition_vector(z, sample=sid)[None]
-    if "target" in structure.targets:
-      globals_["target"] = np.atleast_1d(
-          structure.targets["target"]).astype(np.float32)[None]
-    return jraph.GraphsTuple(
-        nodes={"atomic_numbers": z.astype(np.int32),
-               "positions": structure.positions.astype(np.float32),
-               "features": x.astype(np.float32)},
-        edges={"vectors": nl.vectors.astype(np.float32),
-               "distances": nl.distances.astype(np.float32),
-               "features": e},
-        senders=nl.senders.astype(np.int32),
-        receivers=nl.receivers.astype(np.int32),
-        n_node=np.array([n], np.int32),
-        n_edge=np.array([len(nl.senders)], np.int32),
-        globals=globals_)
+    return g._replace(nodes={**g.nodes, "features": x.astype(np.float32)},
+                      edges={**g.edges, "features": e})
