@@ -231,6 +231,14 @@ def _work(args):
   return generate_sample(index, seed, max_steps)
 
 
+def _limit_blas_threads():
+  try:
+    from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return contextlib.nullcontext()
+  return threadpool_limits(1)
+
+
 @contextlib.contextmanager
 def _pinned_threads():
   keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -248,12 +256,16 @@ def _pinned_threads():
 
 def generate_structures(n: int, seed: int, workers: int = 2,
                         max_steps: int = MAX_STEPS) -> List[Structure]:
-  """The first ``n`` converged samples of indices 0, 1, 2, ... (ordered)."""
+  """The first ``n`` converged samples of indices 0, 1, 2, ... (ordered).
+
+  ``workers`` >= 1 spawns that many pinned worker processes; 0 runs in this
+  process (BLAS threads limited with threadpoolctl when it is installed).
+  """
   out: List[Structure] = []
   next_index = 0
   pool = None
   try:
-    if workers > 1:
+    if workers >= 1:
       with _pinned_threads():  # inherited by the spawned interpreters
         pool = multiprocessing.get_context("spawn").Pool(workers)
     while len(out) < n:
@@ -262,9 +274,12 @@ def generate_structures(n: int, seed: int, workers: int = 2,
                          (n - len(out)) // 50))
       next_index = chunk[-1] + 1
       jobs = [(i, seed, max_steps) for i in chunk]
-      results = (pool.map(_work, jobs, chunksize=max(1, len(jobs) //
-                                                      (4 * workers)))
-                 if pool else [_work(j) for j in jobs])
+      if pool is not None:
+        results = pool.map(_work, jobs,
+                           chunksize=max(1, len(jobs) // (4 * workers)))
+      else:
+        with _limit_blas_threads():
+          results = [_work(j) for j in jobs]
       out.extend(r for r in results if r is not None)
       if next_index > 2 * n + 20:
         raise RuntimeError(f"too many EMT relaxations failed to converge "
