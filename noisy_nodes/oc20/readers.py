@@ -316,15 +316,16 @@ def read_aselmdb(path: str) -> List[Structure]:
   out = []
   try:
     with env.begin() as txn:
-      try:
-        items = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+      try:  # keys only: values are read one at a time below
+        keys = [bytes(k) for k in txn.cursor().iternext(values=False)]
+        values = {k: bytes(txn.get(k)) for k in _RESERVED_KEYS
+                  if txn.get(k) is not None}
       except lmdb.Error as e:
         raise DataError(path, f"corrupt LMDB ({e})") from None
-      values = dict(items)
       deleted = set()
       if b"deleted_ids" in values:
         deleted = set(load("deleted_ids", values[b"deleted_ids"]) or [])
-      ids = sorted(int(k) for k in values if k.isdigit())
+      ids = sorted(int(k) for k in keys if k.isdigit())
       ids = [i for i in ids if i not in deleted]
       if not ids:
         raise DataError(path, "no rows (keys '1'..'N') in the ASE-LMDB")
@@ -334,7 +335,11 @@ def read_aselmdb(path: str) -> List[Structure]:
           raise DataError(path, f"nextid {nextid!r} is not above the last "
                           f"row id {ids[-1]}")
       for i in ids:
-        dct = load(i, values[str(i).encode("ascii")])
+        try:
+          raw = bytes(txn.get(str(i).encode("ascii")))
+        except lmdb.Error as e:
+          raise DataError(f"{path}[{i}]", f"corrupt LMDB ({e})") from None
+        dct = load(i, raw)
         if not isinstance(dct, dict):
           raise DataError(f"{path}[{i}]", "row is not a JSON object")
         out.append(row_dict_to_structure(dct, f"{path}[{i}]", path, i))
