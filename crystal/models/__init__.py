@@ -12,8 +12,13 @@ from crystal.models import stack
 from crystal.models.norms import DiffGroupNorm
 from crystal.models.stack import count_params, format_params
 from crystal.models.gatgnn import AGATLayer, GATGNN
+from crystal.models.cgcnn import CGCNN, CGConv
+from crystal.models.schnet import SchNet, InteractionBlock
+from crystal.models.mpnn import MPNN, NNConv
+from crystal.models.megnet import MEGNet
 
-MODELS = {"gatgnn": GATGNN}
+MODELS = {"gatgnn": GATGNN, "cgcnn": CGCNN, "schnet": SchNet, "mpnn": MPNN,
+          "megnet": MEGNet}
 
 
 def build_model(name: str, **kwargs):
@@ -33,7 +38,22 @@ def presets(name: str) -> dict:
   if name == "gatgnn":
     return dict(dim=64, num_layers=20, heads=4, activation="softplus",
                 dropout_rate=0.0, deeper=True)
-  return dict(PRESETS[name])
+  try:
+    return dict(PRESETS[name])
+  except KeyError:
+    raise ValueError(f"no preset for {name!r}; choose from "
+                     f"{sorted(PRESETS) + ['gatgnn']}") from None
 
 
-PRESETS = {}
+# Baselines: dim 100, 4 convolutions, 3 post-pool layers (SPEC.md). The
+# learning rates are for the optimiser config: CGCNN 0.002, MPNN 0.001,
+# SchNet 0.0005, MEGNet 0.0005.
+PRESETS = {
+    "cgcnn": dict(dim=100, num_layers=4, post_fc_layers=3, pool="mean"),
+    "schnet": dict(dim=100, num_layers=4, post_fc_layers=3, pool="max",
+                   cutoff=8.0),
+    "mpnn": dict(dim=100, num_layers=4, post_fc_layers=3, pool="mean"),
+    "megnet": dict(dim=100, num_layers=4, post_fc_layers=3, pool="mean"),
+}
+LEARNING_RATES = {"gatgnn": 0.005, "cgcnn": 0.002, "mpnn": 0.001,
+                  "schnet": 0.0005, "megnet": 0.0005}

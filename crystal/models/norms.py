@@ -41,15 +41,11 @@ class DiffGroupNorm(hk.Module):
     self.decay = decay
     self.eps = eps
 
-  def assignment(self, x: jnp.ndarray) -> jnp.ndarray:
-    """Eq. 3: soft cluster assignment S = softmax(x U), [N, G]."""
-    logits = hk.Linear(self.groups, with_bias=False, name="assign")(x)
-    return jax.nn.softmax(logits, axis=-1)
-
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray,
                is_training: bool) -> jnp.ndarray:
     n, f = x.shape
-    s = self.assignment(x)
+    s = jax.nn.softmax(hk.Linear(self.groups, with_bias=False,
+                                 name="assign")(x), axis=-1)       # eq. 3
     grouped = s[:, :, None] * x[:, None, :]                         # eq. 4
     normed = nn_lib.MaskedBatchNorm(decay=self.decay, eps=self.eps,
                                     name="batch_norm")(
