@@ -1,0 +1,82 @@
+"""Run logging: ``metrics.jsonl``, TensorBoard event files and the console.
+
+Only process 0 writes. On resume, lines of ``metrics.jsonl`` past the restored
+step are dropped so that the file always describes one consistent run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, Optional
+
+import jax
+
+
+class MetricLogger:
+  """Writes one JSON object per (step, split) and TensorBoard scalars."""
+
+  def __init__(self, workdir: str, resume_step: Optional[int] = None,
+               total_steps: Optional[int] = None):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.total_steps = total_steps
+    self._tb = None
+    self._t0 = time.time()
+    self._step0 = resume_step or 0
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(self.path):
+      keep = []
+      with open(self.path) as f:
+        for line in f:
+          try:
+            rec = json.loads(line)
+          except json.JSONDecodeError:
+            continue  # a line cut by a crash
+          if resume_step is not None and rec.get("step", 0) <= resume_step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(keep)
+      os.replace(self.path + ".tmp", self.path)
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:
+      logging.warning("tensorboardX not installed: no TensorBoard events")
+
+  def write(self, step: int, split: str, values: Dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    rec = {"step": int(step), "split": split}
+    rec.update({k: _plain(v) for k, v in values.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(rec) + "\n")
+    if self._tb is not None:
+      for k, v in rec.items():
+        if k not in ("step", "split") and isinstance(v, (int, float)):
+          self._tb.add_scalar(f"{split}/{k}", v, step)
+      self._tb.flush()
+
+  def eta(self, step: int) -> str:
+    if not self.total_steps or step <= self._step0:
+      return "?"
+    rate = (time.time() - self._t0) / (step - self._step0)
+    secs = int(rate * (self.total_steps - step))
+    return f"{secs // 3600:d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _plain(v):
+  try:
+    f = float(v)
+  except (TypeError, ValueError):
+    return v
+  if isinstance(v, (bool, int)) and not isinstance(v, float):
+    return v
+  return f

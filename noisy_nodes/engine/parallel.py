@@ -1,0 +1,196 @@
+"""Data parallelism with ``jax.shard_map`` (pmap semantics) over all devices.
+
+Each device gets its own padded batch (a slice of the leading device axis);
+parameters are replicated. Gradients are *summed* across devices and divided
+by the total number of real examples on all devices, so a step on D devices
+equals one step on the union of their batches on 1 device (``pmean`` of
+per-device means would over-weight devices with fewer real graphs).
+
+Multi-host: ``initialize_distributed`` calls ``jax.distributed.initialize``;
+the mesh then spans every process's devices and each host feeds only its
+local slice via ``jax.make_array_from_process_local_data``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, NamedTuple, Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from noisy_nodes import nn
+from noisy_nodes.engine import optim
+
+AXIS = "batch"
+
+
+class TrainState(NamedTuple):
+  step: jnp.ndarray          # int32 scalar
+  params: Any
+  state: Any                 # Haiku state (BatchNorm statistics...)
+  opt_state: Any
+  ema_params: Any            # == params when EMA is off
+  rng: jnp.ndarray           # uint32[2] PRNG key data
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None,
+                           mode: str = "auto") -> bool:
+  """Starts ``jax.distributed`` when running on several hosts.
+
+  Explicit arguments win, then the NN_COORDINATOR_ADDRESS / NN_NUM_PROCESSES /
+  NN_PROCESS_ID environment (``launch/local.py`` sets them). With none given,
+  ``mode='auto'`` initialises without arguments under SLURM (several tasks) or
+  on a multi-worker TPU slice, where JAX detects the cluster itself.
+  Returns True if ``jax.distributed`` was initialised.
+  """
+  addr = coordinator_address or os.environ.get("NN_COORDINATOR_ADDRESS")
+  nproc = num_processes or os.environ.get("NN_NUM_PROCESSES")
+  pid = process_id if process_id is not None else os.environ.get(
+      "NN_PROCESS_ID")
+  if mode == "off":
+    return False
+  if addr:
+    if nproc is None or pid is None:
+      raise ValueError("coordinator_address needs num_processes and "
+                       "process_id (flags or NN_NUM_PROCESSES/NN_PROCESS_ID)")
+    jax.distributed.initialize(coordinator_address=addr,
+                               num_processes=int(nproc), process_id=int(pid))
+    return True
+  slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
+  tpu_pod = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  if mode == "on" or slurm or tpu_pod:
+    jax.distributed.initialize()
+    return True
+  return False
+
+
+def make_mesh(local_only: bool = False) -> Mesh:
+  devices = jax.local_devices() if local_only else jax.devices()
+  return Mesh(np.array(devices), (AXIS,))
+
+
+def replicate(tree, mesh: Mesh):
+  """Host values (identical on every process) -> replicated global arrays."""
+  sharding = NamedSharding(mesh, P())
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+  return jax.tree_util.tree_map(put, tree)
+
+
+def shard_batch(batch, mesh: Mesh):
+  """Host-local [D_local, ...] arrays -> global arrays sharded on ``batch``."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def _unstack(tree):
+  """Inside shard_map each device holds a [1, ...] block of the device axis."""
+  return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+
+def make_train_step(task, transformed: hk.TransformedWithState,
+                    optimizer: optax.GradientTransformation, mesh: Mesh,
+                    ema_decay: float = 0.0, skip_nonfinite: bool = False
+                    ) -> Callable[[TrainState, Any], Any]:
+  """Builds the jitted, device-sharded training step.
+
+  Returns ``step(train_state, batch) -> (train_state, metrics)`` where
+  ``batch`` leads with the device axis and metrics are global averages
+  (plus ``finite``: whether loss and gradients were finite; when not, the
+  update is not applied).
+  """
+
+  def per_device(ts: TrainState, batch):
+    batch = _unstack(batch)
+    key = jax.random.wrap_key_data(ts.rng)
+    key, step_key = jax.random.split(key)
+    dev_key = jax.random.fold_in(jax.random.fold_in(step_key, ts.step),
+                                 jax.lax.axis_index(AXIS))
+
+    def loss_fn(params):
+      with nn.data_parallel_axis(AXIS):
+        outputs, new_state = transformed.apply(params, ts.state, dev_key,
+                                               batch, True)
+        loss_sum, weight, metrics = task.loss(outputs, batch)
+      return loss_sum, (weight, metrics, new_state)
+
+    (loss_sum, (weight, metrics, new_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(ts.params)
+    total = jnp.maximum(jax.lax.psum(weight, AXIS), 1e-12)
+    grads = jax.tree_util.tree_map(lambda g: jax.lax.psum(g, AXIS) / total,
+                                   grads)
+    loss = jax.lax.psum(loss_sum, AXIS) / total
+    metrics = {k: jax.lax.psum(v, AXIS) / total for k, v in metrics.items()}
+    updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+    params = optax.apply_updates(ts.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if ema_decay > 0:
+      ema = optim.ema_update(ts.ema_params, params, ts.step, ema_decay)
+    else:
+      ema = params
+
+    def keep(new, old):
+      return jax.tree_util.tree_map(
+          lambda n, o: jnp.where(finite, n, o), new, old)
+    new_ts = TrainState(step=ts.step + 1, params=keep(params, ts.params),
+                        state=keep(new_state, ts.state),
+                        opt_state=keep(opt_state, ts.opt_state),
+                        ema_params=keep(ema, ts.ema_params),
+                        rng=jax.random.key_data(key))
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
+                   finite=finite.astype(jnp.float32))
+    return new_ts, metrics
+
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
+                          out_specs=(P(), P()), check_vma=False)
+  del skip_nonfinite  # the host decides whether a non-finite step is fatal
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+def make_eval_step(task, transformed: hk.TransformedWithState, mesh: Mesh):
+  """``eval(params, state, batch) -> predictions`` with a device axis."""
+
+  def per_device(params, state, batch):
+    batch = _unstack(batch)
+    outputs, _ = transformed.apply(params, state, None, batch, False)
+    preds = task.predict(outputs, batch)
+    return jax.tree_util.tree_map(lambda x: x[None], preds)
+
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(AXIS)),
+                          out_specs=P(AXIS), check_vma=False)
+  return jax.jit(sharded)
+
+
+def to_host(tree):
+  """Fully replicated/addressable global arrays -> numpy on this host."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      x = x.addressable_data(0)
+    return np.asarray(x)
+  return jax.tree_util.tree_map(get, tree)
+
+
+def local_rows(x) -> np.ndarray:
+  """The rows of a batch-sharded global array that live on this host."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start)
+    return np.concatenate([np.asarray(s.data) for s in shards])
+  return np.asarray(x)
+
+
+def log_devices():
+  logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)",
+               jax.__version__, jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)

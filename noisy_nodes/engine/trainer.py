@@ -1,0 +1,424 @@
+"""The one training engine: every model and task in the library trains here.
+
+``train(config, workdir)``:
+  data (task.load_splits) -> featurise (cached unless randomised) -> dynamic
+  batches per device -> sharded step (parallel.py) -> EMA -> periodic
+  evaluation with EMA parameters -> orbax checkpoints (latest + best) ->
+  metrics.jsonl / TensorBoard / console with graphs/s and ETA.
+Resuming from the latest checkpoint restores parameters, optimiser, EMA, RNG,
+step, plateau state and each host's data position, so an interrupted run ends
+with bit-identical parameters (CPU).
+``evaluate(workdir, split, checkpoint)`` re-evaluates a saved run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import jraph
+import ml_collections
+import numpy as np
+
+from noisy_nodes import batching
+from noisy_nodes.engine import checkpoint as ckpt_lib
+from noisy_nodes.engine import logger as logger_lib
+from noisy_nodes.engine import optim
+from noisy_nodes.engine import parallel
+from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.tasks import base as task_base
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "checkpointed, rerun to resume"
+
+
+class Preempted(SystemExit):
+  def __init__(self):
+    super().__init__(PREEMPTED_EXIT_CODE)
+
+
+class NonFiniteError(RuntimeError):
+  pass
+
+
+class _SignalFlag:
+  """SIGTERM/SIGINT -> finish the step, checkpoint, exit (preemption)."""
+
+  def __init__(self):
+    self.received = None
+    self._old = {}
+    for sig in (signal.SIGTERM,):
+      try:
+        self._old[sig] = signal.signal(sig, self._handler)
+      except ValueError:  # not in the main thread
+        pass
+
+  def _handler(self, signum, frame):
+    del frame
+    self.received = signum
+    logging.warning("received signal %d: will checkpoint after this step",
+                    signum)
+
+  def restore(self):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+class Experiment:
+  """Builds task, data, model and step functions from a config."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               need_train_data: bool = True):
+    self.config = config
+    self.workdir = workdir
+    self.task: task_base.Task = task_base.resolve_task(config.task)(config)
+    self.mesh = parallel.make_mesh()
+    self.local_mesh = parallel.make_mesh(local_only=True)
+    self.num_local = jax.local_device_count()
+    self.splits = self.task.load_splits()
+    for name, items in self.splits.items():
+      logging.info("split %s: %d structures", name, len(items))
+    if need_train_data and not self.splits.get("train"):
+      raise DataError(config.data.get("path", "dataset"),
+                      "empty training split: no structures to train on")
+    self._graph_cache: Dict[str, List[jraph.GraphsTuple]] = {}
+    self._eval_step = None
+
+  # -- featurisation -----------------------------------------------------------
+  def graphs(self, split: str) -> List[jraph.GraphsTuple]:
+    """Deterministic (training=False) graphs of a split, featurised once."""
+    if split not in self._graph_cache:
+      t0 = time.time()
+      self._graph_cache[split] = [
+          self.task.featurize(s, None, False) for s in self.splits[split]]
+      logging.info("featurised %d %s structures in %.1fs",
+                   len(self._graph_cache[split]), split, time.time() - t0)
+    return self._graph_cache[split]
+
+  def budget(self) -> batching.Budget:
+    b = self.config.batch
+    if b.get("max_nodes", 0) and b.get("max_edges", 0):
+      return batching.Budget(int(b.max_nodes), int(b.max_edges),
+                             int(b.max_graphs))
+    # Estimated from (up to 2,000 of) the training graphs; the training
+    # stream (noise) can add edges, hence the safety factor on edges.
+    graphs = self.graphs("train")[:2000]
+    est = batching.estimate_budget([int(g.n_node[0]) for g in graphs],
+                                   [int(g.n_edge[0]) for g in graphs],
+                                   int(b.max_graphs))
+    margin = float(b.get("edge_margin", 1.0))
+    return batching.Budget(est.max_nodes,
+                           int(math.ceil(est.max_edges * margin / 64) * 64),
+                           est.max_graphs)
+
+  def train_stream(self, budget: batching.Budget, seed: int
+                   ) -> batching.GraphStream:
+    train = self.splits["train"]
+    randomized = self.task.randomized_features
+    if randomized:
+      def featurize(i, rng):
+        return self.task.featurize(train[i], rng, True)
+    else:
+      cached = self.graphs("train")
+
+      def featurize(i, rng):
+        del rng
+        return cached[i]
+    return batching.GraphStream(
+        len(train), featurize, budget, seed=seed,
+        shuffle=self.config.batch.get("shuffle", True),
+        devices=self.num_local, shard_index=jax.process_index(),
+        num_shards=jax.process_count(),
+        skip_oversized=self.config.batch.get("skip_oversized", False),
+        names=lambda i: train[i].id, randomized=randomized)
+
+  # -- model ---------------------------------------------------------------------
+  def transformed(self) -> hk.TransformedWithState:
+    return hk.transform_with_state(self.task.model)
+
+  def init_state(self, example: jraph.GraphsTuple, optimizer) -> parallel.TrainState:
+    """Fresh TrainState (host numpy), from one single-device example batch."""
+    seed = int(self.config.train.seed)
+    key = jax.random.PRNGKey(seed)
+    init_key, key = jax.random.split(key)
+    params, state = jax.jit(
+        lambda k, g: self.transformed().init(k, g, True))(init_key, example)
+    params, state = self.task.init_params(params, state)
+    return parallel.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, state=state,
+        opt_state=optimizer.init(params), ema_params=params,
+        rng=jax.random.key_data(key) if key.dtype != jnp.uint32 else key)
+
+  def predict(self, params, state, split: str, budget: batching.Budget):
+    """Predictions for every structure of a split (EMA params if given)."""
+    graphs = self.graphs(split)
+    if not graphs:
+      return {}
+    if self._eval_step is None:
+      self._eval_step = parallel.make_eval_step(self.task, self.transformed(),
+                                                self.local_mesh)
+    eval_step = self._eval_step
+    params = jax.device_put(parallel.to_host(params))
+    state = jax.device_put(parallel.to_host(state))
+    preds: Dict[str, List[Optional[np.ndarray]]] = {}
+    names = [s.id for s in self.splits[split]]
+    for batch, index_lists in batching.eval_batches(graphs, budget,
+                                                    self.num_local, names):
+      out = jax.device_get(eval_step(params, state, batch))
+      for d, idx in enumerate(index_lists):
+        if not idx:
+          continue
+        n_node = batch.n_node[d][:len(idx)]
+        node_off = np.concatenate([[0], np.cumsum(n_node)])
+        for key, val in out.items():
+          lst = preds.setdefault(key, [None] * len(graphs))
+          for j, i in enumerate(idx):
+            if key.startswith("node_"):
+              lst[i] = val[d][node_off[j]:node_off[j + 1]]
+            else:
+              lst[i] = val[d][j]
+    return preds
+
+  def evaluate(self, params, state, split: str, budget: batching.Budget
+               ) -> Dict[str, float]:
+    t0 = time.time()
+    preds = self.predict(params, state, split, budget)
+    if not preds:
+      return {}
+    metrics = self.task.metrics(self.splits[split], preds)
+    metrics["eval_seconds"] = time.time() - t0
+    return metrics
+
+
+def _meta(exp: Experiment, positions, plateau, best_value, budget, step):
+  return {
+      "step": int(step),
+      "data_positions": [[int(e), int(c)] for e, c in positions],
+      "plateau": plateau.state_dict() if plateau else None,
+      "best_value": best_value,
+      "task_state": exp.task.state_dict(),
+      "budget": [budget.max_nodes, budget.max_edges, budget.max_graphs],
+  }
+
+
+def _gather_positions(pos: batching.DataPosition):
+  local = np.array([pos.epoch, pos.cursor], np.int64)
+  if jax.process_count() == 1:
+    return [tuple(local)]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  allp = multihost_utils.process_allgather(local)
+  return [tuple(r) for r in np.asarray(allp).reshape(-1, 2)]
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains (or resumes) the experiment described by ``config`` in ``workdir``.
+
+  Returns the final validation metrics (EMA parameters when enabled).
+  """
+  parallel.log_devices()
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  tc = config.train
+  exp = Experiment(config, workdir)
+  exp.task.setup(exp.splits["train"])
+  budget = exp.budget()
+  logging.info("batch budget per device: %s", budget)
+  optimizer = optim.make_optimizer(config.optim)
+  transformed = exp.transformed()
+  stream = exp.train_stream(budget, int(tc.seed))
+
+  # Initialise from the first batch's first device slice (shapes only).
+  first = next(stream.iterate())
+  example = jax.tree_util.tree_map(lambda x: x[0], first.graph)
+  host_state = exp.init_state(example, optimizer)
+  ts = parallel.replicate(host_state, exp.mesh)
+  nparams = sum(int(np.prod(x.shape)) for x in
+                jax.tree_util.tree_leaves(host_state.params))
+  logging.info("model %s: %s parameters", exp.task.describe(),
+               f"{nparams:,}")
+
+  ckpt = ckpt_lib.Checkpointer(workdir, int(tc.get("max_to_keep", 3)))
+  plateau = None
+  if config.optim.get("plateau", None) and config.optim.plateau.get(
+      "enabled", False):
+    p = config.optim.plateau
+    plateau = optim.Plateau(factor=p.factor, patience=p.patience,
+                            min_lr=p.min_lr)
+  best_value = None
+  position = batching.DataPosition()
+  resume_step = ckpt.latest_step()
+  if resume_step is not None:
+    ts, meta, _ = ckpt.restore(ts)
+    e, c = meta["data_positions"][jax.process_index()]
+    position = batching.DataPosition(int(e), int(c))
+    if plateau and meta.get("plateau"):
+      plateau = optim.Plateau(**meta["plateau"])
+    best_value = meta.get("best_value")
+    logging.info("resuming from step %d (data epoch %d, sample %d)",
+                 resume_step, position.epoch, position.cursor)
+  step_fn = parallel.make_train_step(
+      exp.task, transformed, optimizer, exp.mesh,
+      ema_decay=float(config.optim.get("ema_decay", 0.0)))
+  num_steps = int(tc.num_steps)
+  log = logger_lib.MetricLogger(workdir, resume_step, num_steps)
+  flag = _SignalFlag()
+  step = int(resume_step or 0)
+  select = exp.task.selection_metric
+
+  def save(which="latest"):
+    meta = _meta(exp, _gather_positions(position), plateau, best_value,
+                 budget, step)
+    ckpt.save(step, ts, meta, which)
+
+  def run_eval():
+    nonlocal best_value, ts
+    eval_params = ts.ema_params if config.optim.get("ema_decay", 0) else (
+        ts.params)
+    metrics = exp.evaluate(eval_params, ts.state, "val", budget)
+    if not metrics:
+      return metrics
+    log.write(step, "val", metrics)
+    logging.info("step %d val: %s", step, _fmt(metrics))
+    value = metrics.get(select)
+    if value is not None and (best_value is None or value < best_value):
+      best_value = float(value)
+      save("best")
+    if plateau is not None and value is not None:
+      ts = ts._replace(opt_state=optim.set_lr_scale(
+          ts.opt_state, plateau.update(float(value), float(config.optim.lr))))
+    return metrics
+
+  batches = batching.Prefetcher(stream.iterate(position),
+                                int(config.batch.get("prefetch", 2)))
+  window = {"graphs": 0, "t": time.time(), "sums": {}, "n": 0}
+  val_metrics: Dict[str, Any] = {}
+  try:
+    while step < num_steps:
+      batch = next(batches)
+      if batch.skipped:
+        for msg in batch.skipped:
+          logging.warning("skipped oversized sample %s", msg)
+      ts, metrics = step_fn(ts, parallel.shard_batch(batch.graph, exp.mesh))
+      metrics = jax.device_get(metrics)  # block: see SPEC.md on CPU collectives
+      step += 1
+      position = batch.position
+      if not metrics["finite"]:
+        msg = (f"non-finite loss or gradients at step {step} (loss "
+               f"{metrics['loss']}); the update was not applied")
+        if not tc.get("skip_nonfinite", False):
+          raise NonFiniteError(msg + f"; last good checkpoint kept in "
+                               f"{workdir}. Set train.skip_nonfinite=True "
+                               f"to skip such steps.")
+        logging.warning(msg)
+      window["graphs"] += batch.num_graphs
+      window["n"] += 1
+      for k, v in metrics.items():
+        window["sums"][k] = window["sums"].get(k, 0.0) + float(v)
+      for k, v in batching.utilisation(batch.graph).items():
+        window["sums"][k] = window["sums"].get(k, 0.0) + v
+      if step % int(tc.log_every) == 0 or step == num_steps:
+        dt = time.time() - window["t"]
+        vals = {k: v / window["n"] for k, v in window["sums"].items()}
+        vals["graphs_per_sec"] = window["graphs"] * jax.process_count() / max(
+            dt, 1e-9)
+        vals["lr"] = optim.current_lr(config.optim, step,
+                                      parallel.to_host(ts.opt_state))
+        vals["epoch"] = position.epoch
+        log.write(step, "train", vals)
+        logging.info("step %d/%d loss %.5g | %.1f graphs/s | util n/e/g "
+                     "%.2f/%.2f/%.2f | ETA %s", step, num_steps, vals["loss"],
+                     vals["graphs_per_sec"], vals["util_nodes"],
+                     vals["util_edges"], vals["util_graphs"], log.eta(step))
+        window = {"graphs": 0, "t": time.time(), "sums": {}, "n": 0}
+      if tc.get("eval_every", 0) and step % int(tc.eval_every) == 0:
+        val_metrics = run_eval()
+      if step % int(tc.checkpoint_every) == 0:
+        save()
+      if flag.received is not None:
+        save()
+        logging.warning("preempted at step %d: checkpoint written; rerun the "
+                        "same command to resume", step)
+        raise Preempted()
+    if not tc.get("eval_every", 0) or step % int(tc.eval_every):
+      val_metrics = run_eval()
+    save()
+  finally:
+    batches.close()
+    flag.restore()
+    log.close()
+    ckpt.close()
+  if stream.skipped_total:
+    logging.warning("%d oversized samples were skipped",
+                    len(stream.skipped_total))
+  return {k: v for k, v in val_metrics.items()}
+
+
+def restore_run(workdir: str, which: str = "best",
+                overrides: Optional[Dict[str, Any]] = None,
+                example_split: str = "val"):
+  """Rebuilds a saved run: (experiment, train state, meta, budget, step).
+
+  The task's statistics (target normalisation...) come from the checkpoint,
+  so predictions need no access to the training data's statistics.
+  """
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  for k, v in (overrides or {}).items():
+    _set_path(config, k, v)
+  exp = Experiment(config, workdir, need_train_data=False)
+  ckpt = ckpt_lib.Checkpointer(workdir)
+  try:
+    meta, step = ckpt.restore_meta(which)
+    exp.task.load_state_dict(meta["task_state"])
+    budget = batching.Budget(*meta["budget"])
+    optimizer = optim.make_optimizer(config.optim)
+    graphs = exp.graphs(example_split)
+    if not graphs:
+      raise DataError(example_split, f"split {example_split!r} is empty")
+    example = batching.pad_graphs(graphs[:1], budget)
+    target = parallel.replicate(exp.init_state(example, optimizer), exp.mesh)
+    ts, _, step = ckpt.restore(target, which)
+  finally:
+    ckpt.close()
+  return exp, ts, meta, budget, step
+
+
+def evaluate(workdir: str, split: str = "val", which: str = "best",
+             overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """Evaluates a saved run on ``split`` with its ``best``/``latest`` params."""
+  exp, ts, _, budget, step = restore_run(workdir, which, overrides, split)
+  params = ts.ema_params if exp.config.optim.get("ema_decay", 0) else (
+      ts.params)
+  metrics = exp.evaluate(params, ts.state, split, budget)
+  metrics.update(step=step, split=split, checkpoint=which)
+  return metrics
+
+
+def _set_path(config, dotted: str, value):
+  *parents, leaf = dotted.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  with config.unlocked() if hasattr(config, "unlocked") else _null():
+    node[leaf] = value
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False
+
+
+def _fmt(metrics: Dict[str, Any]) -> str:
+  return ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
+                   for k, v in sorted(metrics.items()))

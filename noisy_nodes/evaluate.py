@@ -1,0 +1,46 @@
+r"""Evaluate a saved run without training; prints one JSON line of metrics.
+
+  python -m noisy_nodes.evaluate --workdir=runs/oc20 --split=val \
+      --checkpoint=best
+"""
+import json
+import sys
+
+from absl import app
+from absl import flags
+
+import noisy_nodes  # noqa: F401
+from noisy_nodes.engine import parallel
+from noisy_nodes.engine import trainer
+from noisy_nodes.structures import DataError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+_SPLIT = flags.DEFINE_string("split", "val", "Split: val, test or train.")
+_CKPT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                          "Which checkpoint to evaluate.")
+_DATA = flags.DEFINE_string("data_path", None,
+                            "Evaluate on other data (overrides data.path).")
+_COORD = flags.DEFINE_string("coordinator_address", None,
+                             "host:port of process 0 (multi-host).")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DIST = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                          "Initialise jax.distributed (auto: SLURM/TPU pod).")
+
+
+def main(argv):
+  del argv
+  parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value,
+                                  _DIST.value)
+  overrides = {"data.path": _DATA.value} if _DATA.value else None
+  try:
+    metrics = trainer.evaluate(_WORKDIR.value, _SPLIT.value, _CKPT.value,
+                               overrides)
+  except (DataError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps(metrics, default=float, sort_keys=True))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,111 @@
+"""The Task interface: what the one training engine needs from a paper setting.
+
+A task binds a config to data, featurisation, a Haiku model and a loss:
+
+  structures --featurize(s, rng, training)--> single-graph GraphsTuple
+  padded batch --model(graph, is_training)--> outputs dict
+  (outputs, batch) --loss--> (loss_sum, weight, metric_sums)
+  (outputs, batch) --predict--> per-graph / per-node predictions (host units)
+  (structures, predictions) --metrics--> {name: float}
+
+Everything the engine does (batching, sharding, optimisation, EMA,
+checkpoints, logging, evaluation) is shared; tasks never loop.
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jax.numpy as jnp
+import jraph
+import numpy as np
+
+from noisy_nodes.structures import Structure
+
+Outputs = Dict[str, jnp.ndarray]
+
+
+class Task(abc.ABC):
+  """Base class of every task. Subclasses are named in ``config.task``."""
+
+  #: Metric used for best-checkpoint selection and the plateau schedule.
+  selection_metric: str = "loss"
+  #: True when training featurisation depends on the RNG (noise, frame
+  #: sampling); otherwise training graphs are featurised once and cached.
+  randomized_features: bool = False
+
+  def __init__(self, config):
+    self.config = config
+
+  # -- data ------------------------------------------------------------------
+  @abc.abstractmethod
+  def load_splits(self) -> Dict[str, List[Structure]]:
+    """Returns {'train': [...], 'val': [...], 'test': [...]} (test optional)."""
+
+  def setup(self, train: Sequence[Structure]) -> None:
+    """Fits statistics on the training split (target mean/std...)."""
+
+  def state_dict(self) -> Dict[str, Any]:
+    """JSON-able statistics needed to rebuild the task without data."""
+    return {}
+
+  def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    del state
+
+  @abc.abstractmethod
+  def featurize(self, structure: Structure, rng: Optional[np.random.Generator],
+                training: bool) -> jraph.GraphsTuple:
+    """One structure -> single-graph sample (docs/design.md)."""
+
+  # -- model and loss ----------------------------------------------------------
+  @abc.abstractmethod
+  def model(self, graph: jraph.GraphsTuple, is_training: bool) -> Outputs:
+    """Haiku function body (called inside ``hk.transform_with_state``)."""
+
+  @abc.abstractmethod
+  def loss(self, outputs: Outputs, graph: jraph.GraphsTuple
+           ) -> Tuple[jnp.ndarray, jnp.ndarray, Dict[str, jnp.ndarray]]:
+    """(sum of per-example losses, sum of weights, metric sums).
+
+    Sums run over real (unpadded) examples only; the engine divides by the
+    weight summed over every device.  Metric sums are divided the same way.
+    """
+
+  @abc.abstractmethod
+  def predict(self, outputs: Outputs, graph: jraph.GraphsTuple
+              ) -> Dict[str, jnp.ndarray]:
+    """Predictions in target units: [G, ...] per graph or [N, ...] per node.
+
+    Keys starting with ``node_`` are per node; everything else per graph.
+    """
+
+  @abc.abstractmethod
+  def metrics(self, structures: Sequence[Structure],
+              predictions: Dict[str, List[np.ndarray]]) -> Dict[str, float]:
+    """Host-side metrics; ``predictions[k][i]`` belongs to ``structures[i]``."""
+
+  # -- optional hooks --------------------------------------------------------
+  def init_params(self, params, state):
+    """Hook to modify freshly initialised params (fine-tuning from a teacher)."""
+    return params, state
+
+  def describe(self) -> str:
+    return type(self).__name__
+
+
+def resolve_task(name: str) -> Callable[..., Task]:
+  """``config.task``: a registered short name or ``package.module:Class``."""
+  registry = {
+      "oc20": "noisy_nodes.tasks.oc20:OC20Task",
+      "qm9": "noisy_nodes.tasks.qm9:QM9Task",
+      "crystal": "crystal.tasks:CrystalPropertyTask",
+      "crysgnn_pretrain": "crystal.tasks:CrysGNNPretrainTask",
+      "crysgnn_distill": "crystal.tasks:CrysGNNDistillTask",
+  }
+  path = registry.get(name, name)
+  if ":" not in path:
+    raise ValueError(f"unknown task {name!r}: use one of {sorted(registry)} "
+                     f"or 'package.module:Class'")
+  module, cls = path.split(":")
+  return getattr(importlib.import_module(module), cls)

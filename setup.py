@@ -1,0 +1,39 @@
+"""Very deep graph neural networks on atoms (Noisy Nodes, DeeperGATGNN,
+CrysGNN) in JAX / Haiku / Jraph / Optax."""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.4.30",
+    "jaxlib",
+    "dm-haiku>=0.0.12",
+    "jraph>=0.0.6.dev0",
+    "optax>=0.2.2",
+    "ml-collections>=0.1.1",
+    "orbax-checkpoint>=0.5",
+    "numpy>=1.24",
+    "absl-py",
+    "pymatgen>=2024.1.1",
+    "ase>=3.23",
+    "spglib>=2.0",
+    "matplotlib",
+    "lmdb",
+    "orjson",
+    "tensorboardX",
+]
+
+EXTRAS = {
+    "test": ["pytest>=7", "pytest-xdist"],
+    # Data generation only (not needed to train on existing data).
+    "generate": ["pyxtal", "tblite", "rdkit"],
+}
+EXTRAS["all"] = sorted({p for v in EXTRAS.values() for p in v})
+
+setup(
+    name="noisy-nodes",
+    version="0.1.0",
+    description=__doc__,
+    packages=find_packages(include=["noisy_nodes*", "crystal*", "launch*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
