@@ -272,6 +272,10 @@ def make_item(task: Tuple[str, Any], seed: int, mix: Sequence[float],
         source = SOURCES[int(rng.choice(len(SOURCES), p=np.asarray(mix)))]
         s = _GENERATORS[source](rng, max_atoms)
         s.id = f"gen-{seed}-{int(key):07d}"
+        if np.linalg.det(s.cell) < 0:
+          # pyxtal may return a left-handed basis; -a, -b, -c spans the same
+          # lattice with positive volume (Structure.validate requires it).
+          s.cell = -s.cell
       else:
         s = _read_any(key)
         if s.num_atoms > max_atoms:
