@@ -31,6 +31,7 @@ normal is taken as Cartesian z, as in OC20.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import zlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -357,7 +358,8 @@ def structure_to_row_dict(s: Structure) -> Dict[str, Any]:
       "numbers": s.atomic_numbers.astype(np.int64),
       "positions": s.positions, "cell": s.cell, "pbc": s.pbc,
       "ctime": t, "mtime": t, "user": os.getenv("USER", "noisy_nodes"),
-      "unique_id": "%x" % (hash((s.id, s.num_atoms)) & (2**64 - 1)),
+      # Stable across processes (python's hash() is salted per process).
+      "unique_id": hashlib.md5(f"{s.id}/{s.num_atoms}".encode()).hexdigest(),
   }
   if "tags" in s.node_arrays:
     dct["tags"] = s.node_arrays["tags"].astype(np.int64)
