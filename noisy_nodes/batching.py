@@ -25,7 +25,7 @@ import logging
 import math
 import queue
 import threading
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import jraph
 import numpy as np
@@ -171,18 +171,23 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 @dataclasses.dataclass
 class Batch:
   graph: jraph.GraphsTuple      # padded, or [D, ...] stacked per device
-  position: DataPosition        # stream position AFTER this batch
+  position: Any                 # DataPosition after this batch (a tuple of
+                                # them, one per device, when stacked)
   num_graphs: int               # real graphs in the batch
   skipped: List[str] = dataclasses.field(default_factory=list)
 
 
 class GraphStream:
-  """An endless, resumable stream of padded batches for one host.
+  """An endless, resumable stream of padded batches.
 
-  The host's share of a dataset of ``num`` samples is every
-  ``num_shards``-th sample of each epoch's global permutation, so hosts read
-  disjoint data and together cover each epoch. Each yielded ``Batch`` stacks
-  ``devices`` padded batches on a leading axis when ``devices`` is not None.
+  The data are split into ``num_shards`` shards, one per global device: shard
+  k holds every ``num_shards``-th sample of each epoch's global permutation.
+  Each shard is packed on its own, so which graphs a device sees does not
+  depend on how devices are spread over hosts (2 processes x 1 device see
+  exactly what 1 process x 2 devices sees), and each host reads only its
+  devices' shards. With ``devices=None`` the stream yields unstacked batches
+  of shard ``shard_index``; with ``devices=D`` it stacks the batches of shards
+  ``shard_index .. shard_index + D - 1`` on a leading axis.
   """
 
   def __init__(self, num: int, featurize: Callable[[int, Optional[
@@ -193,6 +198,9 @@ class GraphStream:
                    [int], str]] = None, randomized: bool = True):
     if num == 0:
       raise DataError("dataset", "empty dataset: no samples to train on")
+    if shard_index + (devices or 1) > num_shards:
+      raise ValueError(f"shards {shard_index}..{shard_index + (devices or 1)}"
+                       f" exceed num_shards={num_shards}")
     self.num = num
     self.featurize = featurize
     self.budget = budget
@@ -206,18 +214,19 @@ class GraphStream:
     self.randomized = randomized
     self.skipped_total: List[str] = []
 
-  def _order(self, epoch: int) -> np.ndarray:
+  def _order(self, epoch: int, shard: int) -> np.ndarray:
     perm = epoch_permutation(self.num, self.seed, epoch, self.shuffle)
-    return perm[self.shard_index::self.num_shards]
+    return perm[shard::self.num_shards]
 
-  def _single_batches(self, start: DataPosition):
+  def _single_batches(self, start: DataPosition, shard: int):
     """Yields (padded batch, position after it, n_graphs, skipped)."""
     epoch, cursor = start.epoch, start.cursor
     while True:
-      order = self._order(epoch)
+      order = self._order(epoch, shard)
       if len(order) == 0:
-        raise DataError("dataset", f"shard {self.shard_index} of "
-                        f"{self.num_shards} holds no samples")
+        raise DataError("dataset", f"{self.num} samples cannot feed shard "
+                        f"{shard} of {self.num_shards}: need at least one "
+                        f"sample per device")
       pending: List[jraph.GraphsTuple] = []
       skipped: List[str] = []
       n_tot = e_tot = 0
@@ -228,14 +237,13 @@ class GraphStream:
         g = self.featurize(idx, rng)
         n, e = int(g.n_node[0]), int(g.n_edge[0])
         if not self.budget.fits(n, e):
-          msg = (f"{self.names(idx)}: graph with {n} nodes and {e} edges "
-                 f"exceeds the batch budget (max_nodes="
-                 f"{self.budget.max_nodes}, max_edges="
-                 f"{self.budget.max_edges}); raise the budget or set "
-                 f"batch.skip_oversized=True")
+          fault = (f"graph with {n} nodes and {e} edges exceeds the batch "
+                   f"budget (max_nodes={self.budget.max_nodes}, max_edges="
+                   f"{self.budget.max_edges}); raise the budget or set "
+                   f"batch.skip_oversized=True")
           if not self.skip_oversized:
-            raise DataError(self.names(idx), msg.split(": ", 1)[1])
-          skipped.append(msg)
+            raise DataError(self.names(idx), fault)
+          skipped.append(f"{self.names(idx)}: {fault}")
           i += 1
           continue
         if pending and (n_tot + n > self.budget.max_nodes or
@@ -255,20 +263,27 @@ class GraphStream:
         self.skipped_total.extend(skipped)
       epoch, cursor = epoch + 1, 0
 
-  def iterate(self, start: DataPosition = DataPosition()) -> Iterator[Batch]:
-    """Batches from ``start``; each carries the position after it."""
-    it = self._single_batches(start)
-    while True:
-      if self.devices is None:
+  def iterate(self, start=None) -> Iterator[Batch]:
+    """Batches from ``start`` (a DataPosition, or one per device)."""
+    if self.devices is None:
+      it = self._single_batches(start or DataPosition(), self.shard_index)
+      while True:
         g, pos, count, skipped = next(it)
         self.skipped_total.extend(skipped)
         yield Batch(g, pos, count, skipped)
-        continue
-      parts = [next(it) for _ in range(self.devices)]
+    starts = start or [DataPosition()] * self.devices
+    if len(starts) != self.devices:
+      raise ValueError(f"{len(starts)} start positions for {self.devices} "
+                       f"devices")
+    its = [self._single_batches(p, self.shard_index + d)
+           for d, p in enumerate(starts)]
+    while True:
+      parts = [next(it) for it in its]
       skipped = [s for p in parts for s in p[3]]
       self.skipped_total.extend(skipped)
-      yield Batch(stack_device_batches([p[0] for p in parts]), parts[-1][1],
-                  sum(p[2] for p in parts), skipped)
+      yield Batch(stack_device_batches([p[0] for p in parts]),
+                  tuple(p[1] for p in parts), sum(p[2] for p in parts),
+                  skipped)
 
 
 def eval_batches(graphs: Sequence[jraph.GraphsTuple], budget: Budget,

@@ -86,7 +86,8 @@ def test_stream_is_pure_function_of_seed_epoch_and_resumes_exactly():
 
   budget = batching.Budget(max_nodes=16, max_edges=32, max_graphs=4)
   make = lambda: batching.GraphStream(40, featurize, budget, seed=7,  # noqa
-                                      devices=2, randomized=True)
+                                      devices=2, num_shards=2,
+                                      randomized=True)
   straight = []
   it = make().iterate()
   for _ in range(12):
@@ -105,6 +106,25 @@ def test_stream_is_pure_function_of_seed_epoch_and_resumes_exactly():
       else:
         np.testing.assert_array_equal(x, y)
   assert straight[0].graph.nodes["x"].shape[0] == 2  # device axis
+
+
+def test_device_shards_do_not_depend_on_host_layout():
+  """1 host x 2 devices sees exactly what 2 hosts x 1 device see."""
+  graphs = [_graph(2 + i % 3, i % 5, float(i)) for i in range(30)]
+  budget = batching.Budget(max_nodes=8, max_edges=16, max_graphs=3)
+  f = lambda i, r: graphs[i]  # noqa: E731
+  both = batching.GraphStream(30, f, budget, seed=2, devices=2, num_shards=2,
+                              randomized=False).iterate()
+  hosts = [batching.GraphStream(30, f, budget, seed=2, devices=1,
+                                shard_index=h, num_shards=2,
+                                randomized=False).iterate() for h in range(2)]
+  for _ in range(8):
+    b = next(both)
+    for h in range(2):
+      bh = next(hosts[h])
+      np.testing.assert_array_equal(b.graph.globals["y"][h],
+                                    bh.graph.globals["y"][0])
+      assert b.position[h] == bh.position[0]
 
 
 def test_host_shards_are_disjoint_and_cover_an_epoch():

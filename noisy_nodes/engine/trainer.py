@@ -133,8 +133,9 @@ class Experiment:
     return batching.GraphStream(
         len(train), featurize, budget, seed=seed,
         shuffle=self.config.batch.get("shuffle", True),
-        devices=self.num_local, shard_index=jax.process_index(),
-        num_shards=jax.process_count(),
+        devices=self.num_local,
+        shard_index=jax.process_index() * self.num_local,
+        num_shards=jax.device_count(),
         skip_oversized=self.config.batch.get("skip_oversized", False),
         names=lambda i: train[i].id, randomized=randomized)
 
@@ -207,13 +208,13 @@ def _meta(exp: Experiment, positions, plateau, best_value, budget, step):
   }
 
 
-def _gather_positions(pos: batching.DataPosition):
-  local = np.array([pos.epoch, pos.cursor], np.int64)
-  if jax.process_count() == 1:
-    return [tuple(local)]
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  allp = multihost_utils.process_allgather(local)
-  return [tuple(r) for r in np.asarray(allp).reshape(-1, 2)]
+def _gather_positions(positions):
+  """Every device's stream position, in global device order."""
+  local = np.array([[p.epoch, p.cursor] for p in positions], np.int64)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    local = multihost_utils.process_allgather(local)
+  return [tuple(r) for r in np.asarray(local).reshape(-1, 2)]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -253,17 +254,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     plateau = optim.Plateau(factor=p.factor, patience=p.patience,
                             min_lr=p.min_lr)
   best_value = None
-  position = batching.DataPosition()
+  position = None  # start of epoch 0 on every device
   resume_step = ckpt.latest_step()
   if resume_step is not None:
     ts, meta, _ = ckpt.restore(ts)
-    e, c = meta["data_positions"][jax.process_index()]
-    position = batching.DataPosition(int(e), int(c))
+    first_shard = jax.process_index() * exp.num_local
+    position = tuple(batching.DataPosition(int(e), int(c)) for e, c in
+                     meta["data_positions"][first_shard:first_shard +
+                                            exp.num_local])
+    if len(meta["data_positions"]) != jax.device_count():
+      raise ValueError(
+          f"checkpoint in {workdir} was written with "
+          f"{len(meta['data_positions'])} devices, this run has "
+          f"{jax.device_count()}: exact resume needs the same device count")
     if plateau and meta.get("plateau"):
       plateau = optim.Plateau(**meta["plateau"])
     best_value = meta.get("best_value")
-    logging.info("resuming from step %d (data epoch %d, sample %d)",
-                 resume_step, position.epoch, position.cursor)
+    logging.info("resuming from step %d (data epoch %d, sample %d on device "
+                 "0)", resume_step, position[0].epoch, position[0].cursor)
   step_fn = parallel.make_train_step(
       exp.task, transformed, optimizer, exp.mesh,
       ema_decay=float(config.optim.get("ema_decay", 0.0)))
@@ -274,7 +282,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   select = exp.task.selection_metric
 
   def save(which="latest"):
-    meta = _meta(exp, _gather_positions(position), plateau, best_value,
+    positions = position or [batching.DataPosition()] * exp.num_local
+    meta = _meta(exp, _gather_positions(positions), plateau, best_value,
                  budget, step)
     ckpt.save(step, ts, meta, which)
 
@@ -331,7 +340,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
             dt, 1e-9)
         vals["lr"] = optim.current_lr(config.optim, step,
                                       parallel.to_host(ts.opt_state))
-        vals["epoch"] = position.epoch
+        vals["epoch"] = position[0].epoch
         log.write(step, "train", vals)
         logging.info("step %d/%d loss %.5g | %.1f graphs/s | util n/e/g "
                      "%.2f/%.2f/%.2f | ETA %s", step, num_steps, vals["loss"],

@@ -100,8 +100,8 @@ def resolve_task(name: str) -> Callable[..., Task]:
       "oc20": "noisy_nodes.tasks.oc20:OC20Task",
       "qm9": "noisy_nodes.tasks.qm9:QM9Task",
       "crystal": "crystal.tasks:CrystalPropertyTask",
-      "crysgnn_pretrain": "crystal.tasks:CrysGNNPretrainTask",
-      "crysgnn_distill": "crystal.tasks:CrysGNNDistillTask",
+      "crysgnn_pretrain": "crystal.crysgnn.tasks:CrysGNNPretrainTask",
+      "crysgnn_distill": "crystal.crysgnn.tasks:CrysGNNDistillTask",
   }
   path = registry.get(name, name)
   if ":" not in path:
