@@ -26,6 +26,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import jraph
+import numpy as np
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
 from noisy_nodes import nn as nn_lib
@@ -133,24 +134,26 @@ def read_graph(graph: jraph.GraphsTuple) -> GraphInputs:
     if not isinstance(feats, dict) or key not in feats:
       raise ValueError(f"graph.{where} needs a '{key}' array (got "
                        f"{sorted(feats) if isinstance(feats, dict) else feats})")
-  nodes = graph.nodes["features"].astype(jnp.float32)
-  edges = graph.edges["features"].astype(jnp.float32)
+  # jnp.asarray: host (numpy) batches closed over by a jitted function must
+  # not be indexed with traced indices by numpy.
+  nodes = jnp.asarray(graph.nodes["features"], jnp.float32)
+  edges = jnp.asarray(graph.edges["features"], jnp.float32)
   n, e, g = nodes.shape[0], edges.shape[0], graph.n_node.shape[0]
   glob = graph.globals if isinstance(graph.globals, dict) else {}
-  node_mask = graph.nodes.get("mask", jnp.ones(n, bool))
-  edge_mask = graph.edges.get("mask", jnp.ones(e, bool))
-  graph_mask = glob.get("mask", jnp.ones(g, bool))
-  node_graph = nn_lib.node_graph_index(graph.n_node, n)
+  node_mask = jnp.asarray(graph.nodes.get("mask", np.ones(n, bool)), bool)
+  edge_mask = jnp.asarray(graph.edges.get("mask", np.ones(e, bool)), bool)
+  graph_mask = jnp.asarray(glob.get("mask", np.ones(g, bool)), bool)
+  node_graph = nn_lib.node_graph_index(jnp.asarray(graph.n_node), n)
+  receivers = jnp.asarray(graph.receivers)
   dist = graph.edges.get("distances")
   comp = glob.get("composition")
   return GraphInputs(
       nodes=nodes, edges=edges,
-      distances=None if dist is None else dist.astype(jnp.float32),
-      senders=graph.senders, receivers=graph.receivers,
-      node_mask=node_mask.astype(bool), edge_mask=edge_mask.astype(bool),
-      graph_mask=graph_mask.astype(bool), node_graph=node_graph,
-      edge_graph=node_graph[graph.receivers],
-      composition=None if comp is None else comp.astype(jnp.float32))
+      distances=None if dist is None else jnp.asarray(dist, jnp.float32),
+      senders=jnp.asarray(graph.senders), receivers=receivers,
+      node_mask=node_mask, edge_mask=edge_mask, graph_mask=graph_mask,
+      node_graph=node_graph, edge_graph=node_graph[receivers],
+      composition=None if comp is None else jnp.asarray(comp, jnp.float32))
 
 
 def output_head(x: jnp.ndarray, hidden: Sequence[int], num_targets: int,
