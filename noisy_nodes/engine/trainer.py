@@ -84,11 +84,26 @@ class Experiment:
     self.splits = self.task.load_splits()
     for name, items in self.splits.items():
       logging.info("split %s: %d structures", name, len(items))
+    self.write_data_report()
     if need_train_data and not self.splits.get("train"):
       raise DataError(config.data.get("path", "dataset"),
                       "empty training split: no structures to train on")
     self._graph_cache: Dict[str, List[jraph.GraphsTuple]] = {}
     self._eval_step = None
+
+  def write_data_report(self):
+    """Lists inputs skipped under ``data.skip_invalid`` (never silently)."""
+    skipped = list(self.task.skipped)
+    if skipped:
+      logging.warning("%d invalid inputs were skipped (data.skip_invalid); "
+                      "see %s", len(skipped),
+                      os.path.join(self.workdir, "data_report.json"))
+    if jax.process_index() == 0 and self.workdir:
+      os.makedirs(self.workdir, exist_ok=True)
+      with open(os.path.join(self.workdir, "data_report.json"), "w") as f:
+        json.dump({"num_skipped": len(skipped), "skipped": skipped,
+                   "splits": {k: len(v) for k, v in self.splits.items()}},
+                  f, indent=2)
 
   # -- featurisation -----------------------------------------------------------
   def graphs(self, split: str) -> List[jraph.GraphsTuple]:

@@ -37,6 +37,9 @@ class Task(abc.ABC):
 
   def __init__(self, config):
     self.config = config
+    #: "sample: fault" lines of inputs skipped under data.skip_invalid; the
+    #: engine writes them to DIR/data_report.json and logs their count.
+    self.skipped: List[str] = []
 
   # -- data ------------------------------------------------------------------
   @abc.abstractmethod
