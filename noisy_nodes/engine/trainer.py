@@ -379,6 +379,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     flag.restore()
     log.close()
     ckpt.close()
+  if jax.process_index() == 0:
+    from noisy_nodes import plots  # pylint: disable=g-import-not-at-top
+    png = plots.plot_learning_curve(workdir)
+    if png:
+      logging.info("learning curve written to %s", png)
   if stream.skipped_total:
     logging.warning("%d oversized samples were skipped",
                     len(stream.skipped_total))

@@ -1,0 +1,8 @@
+"""Test-wide settings: CPU only, deterministic, tests/ importable."""
+import os
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests run many small subprocesses; keep BLAS from oversubscribing 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
