@@ -1,0 +1,337 @@
+"""OC20 IS2RE / IS2RS with the Noisy Nodes GNS (Godwin et al. 2022, §5.1).
+
+Data (``config.data``):
+  * ``path`` empty: the EMT demo set (``noisy_nodes.oc20.emt``), generated
+    once into ``cache_dir`` with ``num_train/num_val/num_test`` systems.
+  * ``path`` a folder with split files (``train*``, ``val*``, ``test*``:
+    ``.aselmdb``, ``.traj``, ``.db``/``.json``, ``data.lmdb`` or sub-folders
+    of them): one split per name; a folder without such names, or a single
+    file, is split deterministically (``val_fraction``, ``test_fraction``,
+    ``split_seed``).
+
+Featurisation (``featurize``):
+  * training: Noisy Nodes (§3.3).  IS2RE samples a trajectory frame when the
+    data has frames, adds N(0, σ²) to every coordinate and targets the
+    relaxed structure (relaxed - noisy); IS2RS starts from the initial
+    structure, target Δ - σ.  The neighbour graph is REBUILT from the noisy
+    positions (``randomized_features``), so edges change with the noise.
+  * evaluation: the clean initial structure, no noise; node target Δ.
+  Nodes carry ``tags``, ``fixed`` and ``position_target`` [n, 3]; globals
+  ``cell`` and the normalised energy ``target`` [1, 1].
+
+Loss: ``noise.noisy_nodes_loss`` (MSE on normalised energy + position loss
+coefficient x node MSE, averaged over block iterations; Fig. 1B).
+Metrics: energy MAE (eV), EwT and the mean-predictor baseline MAE; IS2RS
+adds ADwT and positions MAE (free atoms) and the same numbers for the
+"do not move" baseline (initial structure as prediction).
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import haiku as hk
+import jax.numpy as jnp
+import numpy as np
+
+import noisy_nodes  # noqa: F401  (jraph compatibility shim)
+from noisy_nodes import gns as gns_lib
+from noisy_nodes import noise
+from noisy_nodes.graphs import structure_to_graph
+from noisy_nodes.oc20 import metrics as oc20_metrics
+from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.tasks.base import Task
+
+SPLIT_NAMES = ("train", "val", "test")
+_SUFFIXES = {".aselmdb": "aselmdb", ".traj": "traj", ".db": "ase_db",
+             ".json": "ase_db", ".lmdb": "legacy_lmdb"}
+
+
+# -- reading -------------------------------------------------------------------
+def infer_format(path: str) -> str:
+  """'aselmdb' | 'traj' | 'ase_db' | 'legacy_lmdb' from a file or folder."""
+  if os.path.isdir(path):
+    if os.path.exists(os.path.join(path, "data.mdb")):
+      return "legacy_lmdb"  # an LMDB environment folder
+    found = {fmt for f in os.listdir(path)
+             for suf, fmt in _SUFFIXES.items() if f.endswith(suf)}
+    if len(found) != 1:
+      raise DataError(path, f"cannot infer data.format: found formats "
+                      f"{sorted(found) or 'none'}; set data.format")
+    return found.pop()
+  for suf, fmt in _SUFFIXES.items():
+    if path.endswith(suf):
+      return fmt
+  raise DataError(path, "unknown file type; set data.format to aselmdb, "
+                  "traj, ase_db or legacy_lmdb")
+
+
+def _data_files(path: str, fmt: str) -> List[str]:
+  if not os.path.isdir(path) or (fmt == "legacy_lmdb" and os.path.exists(
+      os.path.join(path, "data.mdb"))):
+    return [path]
+  sufs = [s for s, f in _SUFFIXES.items() if f == fmt]
+  files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                 if any(f.endswith(s) for s in sufs))
+  if not files:
+    raise DataError(path, f"folder holds no {fmt} files")
+  return files
+
+
+def read_path(path: str, fmt: str = "", limit: int = 0) -> List[Structure]:
+  """Every structure of a file or folder (sorted file order)."""
+  from noisy_nodes.oc20 import readers  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    raise DataError(path, "no such file or folder (data.path)")
+  fmt = fmt or infer_format(path)
+  read = {"aselmdb": readers.read_aselmdb, "traj": readers.read_trajectory,
+          "ase_db": readers.read_ase_db,
+          "legacy_lmdb": readers.read_legacy_lmdb}.get(fmt)
+  if read is None:
+    raise DataError(path, f"unknown data.format {fmt!r}")
+  out: List[Structure] = []
+  for f in _data_files(path, fmt):
+    out.extend(read(f))
+    if limit and len(out) >= limit:
+      return out[:limit]
+  return out
+
+
+def _split_entries(path: str) -> Dict[str, List[str]]:
+  """Folder entries named after a split: {'train': [...], 'val': ...}."""
+  entries: Dict[str, List[str]] = {}
+  for name in sorted(os.listdir(path)):
+    low = name.lower()
+    full = os.path.join(path, name)
+    if not os.path.isdir(full) and not any(low.endswith(s)
+                                           for s in _SUFFIXES):
+      continue  # lock files, settings, READMEs
+    for split in SPLIT_NAMES:
+      if low.startswith(split) or low.startswith(f"{split}_") or (
+          split == "val" and low.startswith("valid")):
+        entries.setdefault(split, []).append(full)
+        break
+  return entries if "train" in entries else {}
+
+
+def deterministic_split(n: int, val_fraction: float, test_fraction: float,
+                        seed: int) -> Dict[str, np.ndarray]:
+  """A fixed random split of range(n) (sorted index arrays)."""
+  n_val = int(round(n * val_fraction))
+  n_test = int(round(n * test_fraction))
+  if n - n_val - n_test < 1:
+    raise DataError("dataset", f"{n} structures leave nothing to train on "
+                    f"with val_fraction={val_fraction}, test_fraction="
+                    f"{test_fraction}")
+  perm = np.random.default_rng(seed).permutation(n)
+  return {"test": np.sort(perm[:n_test]),
+          "val": np.sort(perm[n_test:n_test + n_val]),
+          "train": np.sort(perm[n_test + n_val:])}
+
+
+# -- the task --------------------------------------------------------------------
+class OC20Task(Task):
+  """IS2RE (``data.task='is2re'``) or IS2RS (``'is2rs'``) with Noisy Nodes."""
+
+  randomized_features = True
+
+  def __init__(self, config):
+    super().__init__(config)
+    d = config.data
+    self.kind = str(d.get("task", "is2re")).lower()
+    if self.kind not in ("is2re", "is2rs"):
+      raise ValueError(f"data.task must be is2re or is2rs, got {self.kind!r}")
+    self.target_name = str(d.get("target", "energy_relaxed"))
+    self.sigma = float(d.get("noise_sigma", 0.3))
+    self.mean, self.std = 0.0, 1.0
+    self.energy_kind = "adsorption"
+    self.selection_metric = ("positions_mae" if self.kind == "is2rs"
+                             else "energy_mae")
+
+  # -- data ------------------------------------------------------------------
+  def load_splits(self) -> Dict[str, List[Structure]]:
+    d = self.config.data
+    limit = int(d.get("limit", 0) or 0)
+    if not d.get("path", ""):
+      splits = self._emt_splits()
+    else:
+      path = os.path.expanduser(str(d.path))
+      fmt = str(d.get("format", "") or "")
+      entries = _split_entries(path) if os.path.isdir(path) else {}
+      if entries:
+        splits = {}
+        for split, items in entries.items():
+          splits[split] = []
+          for item in items:
+            splits[split].extend(read_path(item, fmt, limit))
+      else:
+        everything = read_path(path, fmt)
+        idx = deterministic_split(len(everything),
+                                  float(d.get("val_fraction", 0.1)),
+                                  float(d.get("test_fraction", 0.1)),
+                                  int(d.get("split_seed", 0)))
+        splits = {k: [everything[i] for i in v] for k, v in idx.items()}
+    if limit:
+      splits = {k: v[:limit] for k, v in splits.items()}
+    kinds = {s.info.get("energy_kind", "adsorption")
+             for v in splits.values() for s in v}
+    self.energy_kind = "total" if "total" in kinds else "adsorption"
+    if self.energy_kind == "total" and self._uses_energy():
+      logging.warning(
+          "OC20 data holds TOTAL energies (no adsorption referencing): "
+          "training and reporting '%s' as total energies, which is not the "
+          "IS2RE adsorption-energy benchmark", self.target_name)
+    return splits
+
+  def _emt_splits(self) -> Dict[str, List[Structure]]:
+    from noisy_nodes.oc20 import emt, readers  # pylint: disable=g-import-not-at-top
+    d = self.config.data
+    cache = os.path.expanduser(str(d.get("cache_dir",
+                                         "~/.cache/noisy_nodes/oc20_emt")))
+    paths = emt.ensure_dataset(cache, int(d.num_train), int(d.num_val),
+                               int(d.num_test), seed=int(d.get("seed", 0)),
+                               workers=int(d.get("workers", 2)))
+    logging.info("EMT data set (OC20-like, adsorption energies) in %s",
+                 os.path.dirname(paths["train"]))
+    return {k: readers.read_aselmdb(p) for k, p in paths.items()}
+
+  def _uses_energy(self) -> bool:
+    return self.kind == "is2re" or float(
+        self.config.loss.get("graph_loss_weight", 1.0)) != 0.0
+
+  def _energy(self, s: Structure) -> Optional[float]:
+    t = s.targets.get(self.target_name)
+    return None if t is None else float(np.asarray(t).reshape(-1)[-1])
+
+  def setup(self, train: Sequence[Structure]) -> None:
+    """Target mean/std over the training split (§4: normalised targets)."""
+    e = [self._energy(s) for s in train]
+    missing = [s.id for s, v in zip(train, e) if v is None]
+    if missing and self._uses_energy():
+      raise DataError(missing[0], f"training structure has no "
+                      f"{self.target_name!r} target ({len(missing)} lack it)")
+    if self.kind == "is2rs":
+      bad = [s.id for s in train if "positions_relaxed" not in s.node_arrays]
+      if bad:
+        raise DataError(bad[0], "IS2RS needs relaxed positions "
+                        f"({len(bad)} training structures lack them)")
+    e = np.array([v for v in e if v is not None], np.float64)
+    if e.size:
+      self.mean, self.std = float(e.mean()), float(max(e.std(), 1e-6))
+    logging.info("%s target %s (%s energies): mean %.4f eV, std %.4f eV "
+                 "over %d training structures", self.kind, self.target_name,
+                 self.energy_kind, self.mean, self.std, e.size)
+
+  def state_dict(self):
+    return {"mean": self.mean, "std": self.std,
+            "energy_kind": self.energy_kind}
+
+  def load_state_dict(self, state):
+    self.mean, self.std = float(state["mean"]), float(state["std"])
+    self.energy_kind = state.get("energy_kind", self.energy_kind)
+
+  # -- featurisation ---------------------------------------------------------------
+  def featurize(self, s: Structure, rng: Optional[np.random.Generator],
+                training: bool):
+    """One system -> single graph; noisy and rebuilt when training."""
+    d = self.config.data
+    n = s.num_atoms
+    arrays = s.node_arrays
+    fixed = np.asarray(arrays.get("fixed", np.zeros(n)), np.int32)
+    tags = np.asarray(arrays.get("tags", np.zeros(n)), np.int32)
+    relaxed = arrays.get("positions_relaxed")
+    frames = arrays.get("frames_positions")
+    noise_fixed = None if d.get("noise_fixed_atoms", True) else fixed
+    if training and rng is not None:
+      if relaxed is not None:
+        use_frames = (self.kind == "is2re" and d.get("sample_frames", True)
+                      and frames is not None and len(frames) > 0)
+        sample = noise.relaxation_sample(
+            s.positions, relaxed, self.sigma, rng,
+            frames_positions=frames if use_frames else None,
+            fixed=noise_fixed, cell=s.cell, pbc=s.pbc, sample=s.id)
+      else:  # no relaxed structure: denoising autoencoder (v' = v)
+        sample = noise.denoising_sample(s.positions, self.sigma, rng,
+                                        noise_fixed)
+      positions, target = sample.positions, sample.target
+    else:
+      positions = s.positions
+      if relaxed is not None:
+        target = noise.minimum_image(np.asarray(relaxed, np.float64) -
+                                     positions, s.cell, s.pbc)
+      else:
+        target = np.zeros((n, 3))
+    e = self._energy(s)
+    norm = 0.0 if e is None else (e - self.mean) / self.std
+    return structure_to_graph(
+        s, float(d.cutoff), int(d.max_neighbors) or None, positions=positions,
+        extra_nodes={"tags": tags, "fixed": fixed,
+                     "position_target": target.astype(np.float32)},
+        extra_globals={"target": np.array([[norm]], np.float32)})
+
+  # -- model and loss ----------------------------------------------------------------
+  def model(self, graph, is_training):
+    m = self.config.model
+    return gns_lib.GNS(
+        latent_size=int(m.latent_size), mlp_layers=int(m.mlp_layers),
+        num_message_passing_steps=int(m.num_message_passing_steps),
+        num_block_iterations=int(m.num_block_iterations),
+        num_basis=int(m.num_basis), cutoff=float(self.config.data.cutoff),
+        num_targets=1, use_tags=bool(m.get("use_tags", True)),
+        use_cell_vector=bool(m.get("use_cell_vector", True)),
+        remat=bool(m.get("remat", False)),
+        activation=str(m.get("activation", "shifted_softplus")),
+        use_directions=bool(m.get("use_directions", True)),
+        lattice_frame=bool(m.get("lattice_frame", True)))(graph, is_training)
+
+  def loss(self, outputs, graph):
+    lc = self.config.loss
+    graph_w = float(lc.get("graph_loss_weight", 1.0))
+    loss_sum, weight, metrics = noise.noisy_nodes_loss(
+        outputs, graph,
+        position_loss_weight=float(lc.get("position_loss_weight", 1.0)),
+        graph_loss_weight=graph_w)
+    out = {"node_mse": metrics.get("node_mse", jnp.zeros(()))}
+    if "graph_mae" in metrics:
+      out["graph_mse"] = metrics["graph_mse"]
+      out["energy_mae"] = metrics["graph_mae"] * self.std  # eV
+    return loss_sum, weight, out
+
+  def predict(self, outputs, graph):
+    preds = {"energy": outputs["graph"][:, 0] * self.std + self.mean}
+    if self.kind == "is2rs":
+      preds["node_positions"] = graph.nodes["positions"] + outputs["node"]
+    return preds
+
+  # -- metrics -------------------------------------------------------------------
+  def metrics(self, structures, predictions):
+    out: Dict[str, float] = {}
+    true = [self._energy(s) for s in structures]
+    if all(t is not None for t in true) and self._uses_energy():
+      true = np.array(true)
+      pred = np.array(predictions["energy"], np.float64)
+      out.update(oc20_metrics.is2re_metrics(pred, true))
+      mean = np.full_like(true, self.mean)
+      out["baseline_energy_mae"] = oc20_metrics.energy_mae(mean, true)
+      out["baseline_energy_ewt"] = oc20_metrics.energy_within_threshold(
+          mean, true)
+    if self.kind == "is2rs":
+      pos = [np.asarray(p, np.float64) for p in predictions["node_positions"]]
+      target = [s.node_arrays["positions_relaxed"] for s in structures]
+      cells = [s.cell for s in structures]
+      pbcs = np.stack([s.pbc for s in structures])
+      fixed = [s.node_arrays.get("fixed", np.zeros(s.num_atoms))
+               for s in structures]
+      out.update(oc20_metrics.is2rs_metrics(pos, target, cells, pbcs, fixed))
+      base = oc20_metrics.is2rs_metrics([s.positions for s in structures],
+                                        target, cells, pbcs, fixed)
+      out.update({f"baseline_{k}": v for k, v in base.items()})
+    return out
+
+  def describe(self) -> str:
+    m = self.config.model
+    return (f"Noisy Nodes GNS {self.kind} {m.num_block_iterations}x"
+            f"{m.num_message_passing_steps} latent {m.latent_size}, "
+            f"sigma {self.sigma}")
