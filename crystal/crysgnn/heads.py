@@ -39,9 +39,13 @@ NUM_SPACE_GROUPS = 230
 
 
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
-  """x / max(||x||, eps) along the last axis (torch ``F.normalize``)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+  """x / max(||x||, eps) along the last axis (torch ``F.normalize``).
+
+  The norm is sqrt(max(||x||^2, eps^2)): the same value, but its gradient is
+  finite at x = 0 (zeroed padding rows; sqrt'(0) would give 0 * inf = NaN).
+  """
+  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  return x / jnp.sqrt(jnp.maximum(sq, eps * eps))
 
 
 def normalize_node_embeddings(h: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
