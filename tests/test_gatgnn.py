@@ -275,7 +275,8 @@ def test_compile_time_flat_in_depth():
     jax.jit(jax.grad(loss, has_aux=True)).lower(params, state).compile()
     return time.perf_counter() - t
 
-  compile_seconds(2)   # warm up tracing caches
+  # min of two: the first compile also warms tracing caches; the shared
+  # machine is noisy.
   t5 = min(compile_seconds(5) for _ in range(2))
   t30 = min(compile_seconds(30) for _ in range(2))
   assert t30 / t5 < 2.5, (t5, t30)

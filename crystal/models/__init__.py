@@ -17,6 +17,11 @@ from crystal.models.schnet import SchNet, InteractionBlock
 from crystal.models.mpnn import MPNN, NNConv
 from crystal.models.megnet import MEGNet
 
+__all__ = ["AGATLayer", "CGCNN", "CGConv", "DiffGroupNorm", "GATGNN",
+           "InteractionBlock", "LEARNING_RATES", "MEGNet", "MODELS", "MPNN",
+           "NNConv", "PRESETS", "SchNet", "build_model", "count_params",
+           "format_params", "norms", "pooling", "presets", "stack"]
+
 MODELS = {"gatgnn": GATGNN, "cgcnn": CGCNN, "schnet": SchNet, "mpnn": MPNN,
           "megnet": MEGNet}
 
