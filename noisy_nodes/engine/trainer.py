@@ -159,12 +159,16 @@ class Experiment:
     return hk.transform_with_state(self.task.model)
 
   def init_state(self, example: jraph.GraphsTuple, optimizer) -> parallel.TrainState:
-    """Fresh TrainState (host numpy), from one single-device example batch."""
+    """Fresh TrainState from one single-device example batch.
+
+    Initialised in evaluation mode so that running statistics start at their
+    initial values (a training-mode init would already update them once).
+    """
     seed = int(self.config.train.seed)
     key = jax.random.PRNGKey(seed)
     init_key, key = jax.random.split(key)
     params, state = jax.jit(
-        lambda k, g: self.transformed().init(k, g, True))(init_key, example)
+        lambda k, g: self.transformed().init(k, g, False))(init_key, example)
     params, state = self.task.init_params(params, state)
     return parallel.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, state=state,
