@@ -4,6 +4,15 @@ Argon clusters (4-9 atoms, random compact geometries) labelled with their
 Lennard-Jones energy from ASE; a 2-step interaction network with a masked
 BatchNorm (to exercise Haiku state through the engine). Small enough that a
 training step takes milliseconds on CPU.
+
+Data options used by the fault tests (tests/test_faults.py):
+  * ``data.path``: read the structures from a ``save_structures`` .npz file
+    (first ``num_train`` train, the rest val) instead of generating them, so a
+    run depends on a data file that a test can corrupt. Invalid structures
+    raise ``DataError`` or, with ``data.skip_invalid``, are skipped and listed
+    in ``task.skipped`` (the engine writes DIR/data_report.json).
+  * ``data.nan_target_ids``: comma-separated ids whose featurised target is
+    NaN: the step that first sees one has a non-finite loss and gradients.
 """
 import haiku as hk
 import jax
@@ -14,7 +23,9 @@ import numpy as np
 import noisy_nodes  # noqa: F401
 from noisy_nodes import nn
 from noisy_nodes.neighbors import neighbor_list
+from noisy_nodes.structures import DataError
 from noisy_nodes.structures import Structure
+from noisy_nodes.structures import load_structures
 from noisy_nodes.tasks.base import Task
 
 
@@ -45,9 +56,26 @@ class ToyTask(Task):
 
   def load_splits(self):
     d = self.config.data
-    structures = make_clusters(d.num_train + d.num_val, d.seed)
+    if d.get("path", ""):
+      structures = [s for s in load_structures(d.path) if self._valid(s)]
+    else:
+      structures = make_clusters(d.num_train + d.num_val, d.seed)
     return {"train": structures[:d.num_train],
             "val": structures[d.num_train:]}
+
+  def _valid(self, s):
+    """DataError naming file and sample, or False (skipped and listed)."""
+    try:
+      s.validate()
+      if "energy" not in s.targets:
+        raise DataError(s.id, "no 'energy' target")
+    except DataError as e:
+      err = DataError(f"{self.config.data.path}[{e.sample}]", e.fault)
+      if not self.config.data.get("skip_invalid", False):
+        raise err from None
+      self.skipped.append(str(err))
+      return False
+    return True
 
   def setup(self, train):
     e = np.array([s.targets["energy"][0] for s in train])
@@ -65,6 +93,9 @@ class ToyTask(Task):
       pos = pos + rng.normal(0, self.config.data.noise, pos.shape)
     nl = neighbor_list(pos, s.cell, s.pbc, 3.0)
     e = len(nl.senders)
+    target = (s.targets["energy"][0] - self.mean) / self.std
+    if s.id in self.config.data.get("nan_target_ids", "").split(","):
+      target = float("nan")
     return jraph.GraphsTuple(
         nodes={"atomic_numbers": s.atomic_numbers,
                "positions": pos.astype(np.float32)},
@@ -72,8 +103,7 @@ class ToyTask(Task):
         senders=nl.senders, receivers=nl.receivers,
         n_node=np.array([s.num_atoms], np.int32),
         n_edge=np.array([e], np.int32),
-        globals={"target": np.array([[(s.targets["energy"][0] - self.mean)
-                                      / self.std]], np.float32)})
+        globals={"target": np.array([[target]], np.float32)})
 
   @property
   def randomized_features(self):
