@@ -1,0 +1,23 @@
+r"""CGCNN baseline (MatDeepLearn preset: dim 100, 4 CGConv, mean pool,
+AdamW 0.002); ``:deeper`` gives DeeperCGCNN (10 layers, DGN + skips).
+
+  python -m noisy_nodes.train --config=configs/cgcnn.py:demo --workdir=runs/cgcnn \
+      [--config.data.path=FOLDER] [--config.data.cv_folds=5]
+
+Variants (``:demo``, ``:tiny``, ``:deeper``) and every setting: configs/crystal_common.py.
+"""
+import importlib.util
+import os
+
+
+def _common():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      "crystal_common.py")
+  spec = importlib.util.spec_from_file_location("crystal_common", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(variant=""):
+  return _common().crystal_config("cgcnn", variant)

@@ -1,0 +1,23 @@
+r"""DeeperGATGNN (Omee et al. 2021): 20 AGAT layers with DiffGroupNorm and
+residual skips, dim 64, softplus, AdamW 0.005, batch 100, plateau, L1.
+
+  python -m noisy_nodes.train --config=configs/deeper_gatgnn.py:demo --workdir=runs/deeper_gatgnn \
+      [--config.data.path=FOLDER] [--config.data.cv_folds=5]
+
+Variants (``:demo``, ``:tiny``) and every setting: configs/crystal_common.py.
+"""
+import importlib.util
+import os
+
+
+def _common():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      "crystal_common.py")
+  spec = importlib.util.spec_from_file_location("crystal_common", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(variant=""):
+  return _common().crystal_config("gatgnn", variant, deeper=True)

@@ -1,0 +1,342 @@
+"""Crystal tasks for the one training engine (``config.task``).
+
+``CrystalPropertyTask`` ("crystal"): graph-level property regression with
+DeeperGATGNN or a (deeper) baseline, as in the DeeperGATGNN reference
+(MatDeepLearn):
+
+  data     a dataset folder (MatDeepLearn / CGCNN / ALIGNN layout, read by
+           ``crystal.io.read_dataset_folder``) or, when ``data.path`` is
+           empty, a generated EMT dataset (``crystal.generators``) made once
+           and cached as npz under ``data.cache_dir``;
+  splits   hold-out 0.8 / 0.05 / 0.15 of a seeded permutation, or k-fold
+           cross-validation (``data.cv_folds = k``, ``data.fold = i``): test
+           = fold i, train = the other folds minus a seeded validation slice
+           of ``data.cv_val_fraction`` of them. (The reference trains on all
+           other folds with no validation set and keeps the last epoch; we
+           hold out a slice so the best checkpoint and the plateau schedule
+           never see the test fold.)
+  features ``crystal.features.CrystalFeaturizer(data.graph)``; its min-max
+           distance range is fitted on the training split and saved in the
+           checkpoint (``state_dict``), so prediction on new files
+           reproduces it. Graphs are cached on disk (``load_or_build``).
+  targets  every column of ``targets['target']`` [T]; optional
+           normalisation (reference: none) with mean/std in the checkpoint.
+  loss     L1 (reference) or MSE on normalised targets, real graphs only;
+           metrics MAE, MSE and R^2 in target units.
+
+Epochs: with ``train.epochs > 0`` the run length is ``epochs`` x
+ceil(n_train / batch.max_graphs) steps ("epoch-equivalents": dynamic batches
+hold at most ``max_graphs`` graphs), and ``train.eval_every <= 0`` evaluates
+(and steps the plateau schedule) once per epoch-equivalent, as the
+reference does. ``setup`` writes these resolved values into the config.
+
+CrysGNN tasks (pre-training, distillation) live further down this module.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
+import jraph
+from noisy_nodes.structures import (DataError, Structure, load_structures,
+                                    save_structures)
+from noisy_nodes.tasks.base import Task
+
+from crystal import datasets
+from crystal import features as features_lib
+
+TARGET = "target"          # Structure.targets key and prediction key.
+_GENERATED_KINDS = ("pt_clusters", "pt10", "surfaces")
+
+
+# -- data ----------------------------------------------------------------------------
+def generated_dataset(gen: Mapping[str, Any], cache_dir: str
+                      ) -> List[Structure]:
+  """An EMT-labelled dataset from ``crystal.generators``, cached as npz.
+
+  Args:
+    gen: ``kind`` ("pt_clusters": relaxed/perturbed Pt clusters of
+      ``min_atoms``..``max_atoms`` atoms (``mode``); "pt10": 10-atom Pt
+      clusters with single-point energies, ~4 ms each; "surfaces": alloy
+      slabs with adsorbates), ``n``, ``seed``, ``workers``.
+    cache_dir: folder of the cache; the file name holds the settings, so a
+      different request never reads a stale file.
+  """
+  gen = dict(gen)
+  kind = gen.get("kind", "pt_clusters")
+  if kind not in _GENERATED_KINDS:
+    raise DataError("data.generate", f"unknown kind {kind!r}; use one of "
+                    f"{_GENERATED_KINDS}")
+  n, seed = int(gen.get("n", 0)), int(gen.get("seed", 0))
+  if n < 1:
+    raise DataError("data.generate", f"n must be >= 1, got {n}")
+  settings = {"kind": kind, "n": n, "seed": seed}
+  if kind == "pt_clusters":
+    settings.update(mode=gen.get("mode", "both"),
+                    sizes=[int(gen.get("min_atoms", 5)),
+                           int(gen.get("max_atoms", 40))])
+  key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()
+                       ).hexdigest()[:12]
+  path = os.path.join(cache_dir, f"{kind}_{n}_seed{seed}_{key}.npz")
+  if os.path.exists(path):
+    return load_structures(path)
+  from crystal import generators  # pylint: disable=g-import-not-at-top
+  logging.info("generating %d %s samples (once; cached in %s)", n, kind, path)
+  workers = int(gen.get("workers", 0))
+  if kind == "pt10":
+    structures = generators.pt10_clusters(n, seed)
+  elif kind == "pt_clusters":
+    structures = generators.generate(kind, n, seed, workers,
+                                     mode=settings["mode"],
+                                     sizes=tuple(settings["sizes"]))
+  else:
+    structures = generators.generate(kind, n, seed, workers)
+  os.makedirs(cache_dir, exist_ok=True)
+  save_structures(path, structures)
+  return structures
+
+
+def split_indices(n: int, data) -> Dict[str, np.ndarray]:
+  """Index arrays of train/val/test for ``n`` samples (module docstring)."""
+  seed = int(data.get("seed", 0))
+  k = int(data.get("cv_folds", 0) or 0)
+  if k > 1:
+    fold = int(data.get("fold", 0))
+    if not 0 <= fold < k:
+      raise DataError("data.fold", f"fold {fold} outside 0..{k - 1}")
+    if n < k:
+      raise DataError("dataset", f"{n} samples cannot make {k} folds")
+    train, test = datasets.kfold_splits(n, k, seed)[fold]
+    frac = float(data.get("cv_val_fraction", 0.05))
+    n_val = max(1, int(round(frac * len(train))))
+    # Seeded per fold, so every fold's validation slice differs.
+    perm = np.random.default_rng([seed, fold]).permutation(train)
+    return {"train": np.sort(perm[n_val:]), "val": np.sort(perm[:n_val]),
+            "test": test}
+  train, val, test = datasets.holdout_split(n, seed, tuple(data.split))
+  return {"train": train, "val": val, "test": test}
+
+
+def featurizer_config(graph_cfg) -> features_lib.FeaturizerConfig:
+  """``data.graph`` -> ``FeaturizerConfig`` (reference graph when empty).
+
+  ``max_neighbors = 0`` means no limit (ConfigDict fields cannot hold None
+  and still be overridden from the command line).
+  """
+  items = _plain(graph_cfg)
+  if not items:
+    return features_lib.reference_config()
+  if items.get("max_neighbors", None) == 0:
+    items["max_neighbors"] = None
+  return features_lib.FeaturizerConfig(**items)
+
+
+def r2_score(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+  """Coefficient of determination per column: 1 - SS_res / SS_tot, [T]."""
+  ss_res = np.sum((true - pred) ** 2, axis=0)
+  ss_tot = np.sum((true - true.mean(0)) ** 2, axis=0)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan)
+
+
+def regression_metrics(true: np.ndarray, pred: np.ndarray) -> Dict[str, float]:
+  """MAE, MSE, R^2 (averaged over targets) and per-target MAE when T > 1.
+
+  Args:
+    true, pred: [n, T] in target units.
+  """
+  true = np.asarray(true, np.float64).reshape(len(true), -1)
+  pred = np.asarray(pred, np.float64).reshape(len(pred), -1)
+  err = pred - true
+  out = {"mae": float(np.mean(np.abs(err))),
+         "mse": float(np.mean(err ** 2)),
+         "r2": float(np.mean(r2_score(true, pred)))}
+  if true.shape[1] > 1:
+    for t in range(true.shape[1]):
+      out[f"mae_{t}"] = float(np.mean(np.abs(err[:, t])))
+  return out
+
+
+# -- the task ---------------------------------------------------------------------------
+class CrystalPropertyTask(Task):
+  """Graph-level regression of ``targets['target']`` (module docstring)."""
+
+  selection_metric = "mae"
+  randomized_features = False
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.featurizer = features_lib.CrystalFeaturizer(
+        featurizer_config(config.data.get("graph", None)))
+    self.num_targets: Optional[int] = None
+    self.target_mean = np.zeros(1)
+    self.target_std = np.ones(1)
+    self.loss_kind = str(config.train.get("loss", "l1")).lower()
+    if self.loss_kind not in ("l1", "mse"):
+      raise ValueError(f"train.loss must be 'l1' or 'mse', got "
+                       f"{self.loss_kind!r}")
+    self._cached: Dict[int, tuple] = {}
+    self._all: List[Structure] = []
+
+  # -- data --------------------------------------------------------------------------
+  def dataset(self) -> List[Structure]:
+    """Every labelled structure of ``data.path`` (or the generated set)."""
+    d = self.config.data
+    if d.get("path", ""):
+      from crystal import io as io_lib  # pylint: disable=g-import-not-at-top
+      structures, report = io_lib.read_dataset_folder(
+          d.path, format=d.get("format", "") or None,
+          skip_invalid=bool(d.get("skip_invalid", False)))
+      for line in report.lines():
+        logging.warning("%s", line)
+      return structures
+    return generated_dataset(d.generate, d.cache_dir)
+
+  def load_splits(self) -> Dict[str, List[Structure]]:
+    d = self.config.data
+    files = d.get("predict_files", None)
+    if files:
+      # Prediction on new structure files (crystal/predict.py): no dataset.
+      # "example" (the smallest structure) shapes the batch that restores
+      # the parameters, so one large file cannot break the restore.
+      from crystal import io as io_lib  # pylint: disable=g-import-not-at-top
+      structures = [io_lib.read_structure(p) for p in files]
+      smallest = min(structures, key=lambda s: s.num_atoms)
+      return {"predict": structures, "example": [smallest]}
+    structures = self.dataset()
+    for s in structures:
+      if TARGET not in s.targets:
+        raise DataError(s.id, f"no targets[{TARGET!r}] to learn")
+    widths = {np.atleast_1d(s.targets[TARGET]).shape for s in structures}
+    if len(widths) != 1:
+      raise DataError(d.get("path", "") or "generated dataset",
+                      f"samples have different numbers of targets {widths}")
+    self.num_targets = int(np.prod(widths.pop()))
+    idx = split_indices(len(structures), d)
+    self._all = structures
+    return {k: datasets.subset(structures, v) for k, v in idx.items()}
+
+  def setup(self, train: Sequence[Structure]) -> None:
+    """Fits the distance range and target statistics; builds the graphs."""
+    if self.featurizer.config.distance_scaling == "minmax":
+      self.featurizer = self.featurizer.fit(train)
+    t = np.stack([np.atleast_1d(s.targets[TARGET]) for s in train])
+    self.num_targets = t.shape[1]
+    if self.config.data.get("normalize_targets", False):
+      self.target_mean, self.target_std = t.mean(0), t.std(0) + 1e-8
+    else:
+      self.target_mean = np.zeros(t.shape[1])
+      self.target_std = np.ones(t.shape[1])
+    self._resolve_epochs(len(train))
+    if self.config.data.get("graph_cache", True):
+      cache = os.path.join(self.config.data.cache_dir, "graphs")
+      graphs = datasets.load_or_build(self._all, self.featurizer, cache)
+      self._cached = {id(s): (s, g) for s, g in zip(self._all, graphs)}
+
+  def _resolve_epochs(self, n_train: int) -> None:
+    tc = self.config.train
+    epochs = int(tc.get("epochs", 0) or 0)
+    if epochs <= 0:
+      return
+    per_epoch = max(1, math.ceil(n_train / int(self.config.batch.max_graphs)))
+    tc.num_steps = epochs * per_epoch
+    if int(tc.get("eval_every", 0)) <= 0:
+      tc.eval_every = per_epoch
+    if int(tc.get("checkpoint_every", 0)) <= 0:
+      tc.checkpoint_every = 10 * per_epoch
+    logging.info("%d epochs x %d steps = %d steps; evaluating every %d",
+                 epochs, per_epoch, tc.num_steps, tc.eval_every)
+
+  def state_dict(self) -> Dict[str, Any]:
+    lo, hi = self.featurizer.distance_range()
+    return {"distance_min": lo, "distance_max": hi,
+            "num_targets": self.num_targets,
+            "target_mean": [float(x) for x in self.target_mean],
+            "target_std": [float(x) for x in self.target_std]}
+
+  def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    self.featurizer = features_lib.CrystalFeaturizer(dataclasses.replace(
+        self.featurizer.config, distance_min=state["distance_min"],
+        distance_max=state["distance_max"]))
+    self.num_targets = int(state["num_targets"])
+    self.target_mean = np.asarray(state["target_mean"], np.float64)
+    self.target_std = np.asarray(state["target_std"], np.float64)
+    self._cached = {}
+
+  def featurize(self, structure: Structure, rng: Optional[np.random.Generator],
+                training: bool) -> jraph.GraphsTuple:
+    del rng, training  # deterministic features
+    hit = self._cached.get(id(structure))
+    if hit is not None and hit[0] is structure:
+      return hit[1]
+    return self.featurizer(structure)
+
+  # -- model and loss ------------------------------------------------------------------
+  def model(self, graph: jraph.GraphsTuple, is_training: bool):
+    from crystal import models  # pylint: disable=g-import-not-at-top
+    kwargs = _plain(self.config.model)
+    name = kwargs.pop("name")
+    if self.num_targets is None:
+      raise RuntimeError("the number of targets is unknown: call "
+                         "load_splits() or load_state_dict() first")
+    return models.build_model(name, num_targets=self.num_targets,
+                              **kwargs)(graph, is_training)
+
+  def _norm(self):
+    return (jnp.asarray(self.target_mean, jnp.float32),
+            jnp.asarray(self.target_std, jnp.float32))
+
+  def loss(self, outputs, graph):
+    """Sums over real graphs of mean_T |error| (L1) or error^2 (MSE).
+
+    Shapes: outputs['graph'] [G, T] (normalised units), globals['target']
+    [G, T], globals['mask'] [G].
+    """
+    mean, std = self._norm()
+    mask = graph.globals["mask"].astype(jnp.float32)
+    err = outputs["graph"] - (graph.globals[TARGET] - mean) / std   # [G, T]
+    if self.loss_kind == "l1":
+      per_graph = jnp.mean(jnp.abs(err), axis=-1)
+    else:
+      per_graph = jnp.mean(jnp.square(err), axis=-1)
+    err_units = err * std
+    metrics = {
+        "mae": jnp.sum(jnp.mean(jnp.abs(err_units), -1) * mask),
+        "mse": jnp.sum(jnp.mean(jnp.square(err_units), -1) * mask),
+    }
+    return jnp.sum(per_graph * mask), jnp.sum(mask), metrics
+
+  def predict(self, outputs, graph):
+    mean, std = self._norm()
+    return {TARGET: outputs["graph"] * std + mean}               # [G, T]
+
+  def metrics(self, structures, predictions):
+    true = np.stack([np.atleast_1d(s.targets[TARGET]) for s in structures])
+    pred = np.stack([np.atleast_1d(p) for p in predictions[TARGET]])
+    return regression_metrics(true, pred)
+
+  def describe(self) -> str:
+    m = self.config.model
+    deeper = m.get("deeper", False)
+    return (f"{'deeper ' if deeper else ''}{m.name} "
+            f"({m.get('num_layers', '?')} layers, dim {m.get('dim', '?')})")
+
+
+def _plain(cfg) -> Dict[str, Any]:
+  """ConfigDict / mapping -> plain dict (tuples for lists)."""
+  if cfg is None:
+    return {}
+  items = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in items.items()}
+
+
+# -- CrysGNN tasks ------------------------------------------------------------------------
