@@ -71,10 +71,12 @@ class _Block(hk.Module):
   """
 
   def __init__(self, num_steps: int, latent_size: int, mlp_layers: int,
-               activation: str, remat: bool, name: Optional[str] = None):
+               activation: str, remat: bool, name: Optional[str] = None,
+               hidden_size: Optional[int] = None):
     super().__init__(name=name)
     self.num_steps = num_steps
     self.latent_size = latent_size
+    self.hidden_size = hidden_size or latent_size
     self.mlp_layers = mlp_layers
     self.activation = activation
     self.remat = remat
@@ -85,7 +87,8 @@ class _Block(hk.Module):
     emask = edge_mask[:, None].astype(edges.dtype)
 
     def step(v, e):
-      mlp = lambda name: nn.MLP([self.latent_size] * self.mlp_layers,
+      sizes = [self.hidden_size] * (self.mlp_layers - 1) + [self.latent_size]
+      mlp = lambda name: nn.MLP(sizes,
                                 activation=self.activation, layer_norm=True,
                                 name=name)
       de = mlp("edge_mlp")(jnp.concatenate(
@@ -102,7 +105,8 @@ class _Block(hk.Module):
 
 def _mlp(model: "GNS", name: str, layer_norm: bool = True,
          out: Optional[int] = None) -> nn.MLP:
-  sizes = [model.latent_size] * model.mlp_layers
+  sizes = [model.mlp_hidden_size] * (model.mlp_layers - 1) + [
+      model.latent_size]
   if out is not None:
     sizes[-1] = out
   return nn.MLP(sizes, activation=model.activation, layer_norm=layer_norm,
@@ -163,6 +167,7 @@ class GNS(hk.Module):
                activation: str = "shifted_softplus",
                use_directions: bool = True,
                lattice_frame: bool = True,
+               mlp_hidden_size: Optional[int] = None,
                name: Optional[str] = "gns"):
     """Builds the model.
 
@@ -182,6 +187,8 @@ class GNS(hk.Module):
       use_directions: include d/|d| in the edge features (§3.2).
       lattice_frame: express directions in the frame of the cell for
         periodic graphs (see module docstring); no effect on molecules.
+      mlp_hidden_size: hidden width of every MLP (default ``latent_size``;
+        QM9's Table 10 uses 1024 hidden with 512 latents).
     """
     super().__init__(name=name)
     self.latent_size = latent_size
@@ -197,6 +204,7 @@ class GNS(hk.Module):
     self.activation = activation
     self.use_directions = use_directions
     self.lattice_frame = lattice_frame
+    self.mlp_hidden_size = mlp_hidden_size or latent_size
 
   def __call__(self, graph: jraph.GraphsTuple,
                is_training: bool = False) -> Dict[str, jnp.ndarray]:
@@ -224,7 +232,8 @@ class GNS(hk.Module):
         pool(_mlp(self, "graph_decoder_encoder_mlp", layer_norm=False)(v_enc)))
 
     block = _Block(self.num_steps, self.latent_size, self.mlp_layers,
-                   self.activation, self.remat, name="block")
+                   self.activation, self.remat, name="block",
+                   hidden_size=self.mlp_hidden_size)
     proc_mlp = _mlp(self, "graph_decoder_processor_mlp", layer_norm=False)
     proc_linear = hk.Linear(self.num_targets,
                             name="graph_decoder_processor_linear")

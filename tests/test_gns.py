@@ -292,3 +292,16 @@ def test_compile_time_flat_in_depth():
       break
   assert deep / shallow < 2.5, (shallow, deep)
   assert iterated / shallow < 2.5, (shallow, iterated)
+
+
+def test_mlp_hidden_size():
+  """Table 10 (QM9): MLP hidden width 1024 with 512-wide latents."""
+  g = _slab_graph()
+  p = jax.eval_shape(model_fn(latent_size=8, mlp_hidden_size=24,
+                              mlp_layers=3).init, jax.random.PRNGKey(0), g)
+  w = lambda k, i: p[f"gns/{k}/linear_{i}"]["w"].shape
+  assert w("block/steps/edge_mlp", 0) == (2, 3 * 8, 24)
+  assert w("block/steps/edge_mlp", 2) == (2, 24, 8)
+  assert w("node_encoder", 1) == (24, 24) and w("node_encoder", 2) == (24, 8)
+  assert w("node_decoder", 2) == (24, 3)
+  assert w("graph_decoder_processor_mlp", 2) == (24, 8)
