@@ -99,7 +99,11 @@ def set_lr_scale(opt_state, scale: float):
 
 
 def current_lr(cfg, step: int, opt_state) -> float:
-  return float(make_schedule(cfg)(step)) * float(get_lr_scale(opt_state))
+  """The learning rate used at ``step`` (reads only the scale off-device)."""
+  scale = get_lr_scale(opt_state)
+  if isinstance(scale, jax.Array) and not scale.is_fully_addressable:
+    scale = scale.addressable_data(0)
+  return float(make_schedule(cfg)(step)) * float(scale)
 
 
 @dataclasses.dataclass

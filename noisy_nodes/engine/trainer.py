@@ -357,8 +357,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
         vals = {k: v / window["n"] for k, v in window["sums"].items()}
         vals["graphs_per_sec"] = window["graphs"] * jax.process_count() / max(
             dt, 1e-9)
-        vals["lr"] = optim.current_lr(config.optim, step,
-                                      parallel.to_host(ts.opt_state))
+        vals["lr"] = optim.current_lr(config.optim, step, ts.opt_state)
         vals["epoch"] = position[0].epoch
         log.write(step, "train", vals)
         logging.info("step %d/%d loss %.5g | %.1f graphs/s | util n/e/g "
