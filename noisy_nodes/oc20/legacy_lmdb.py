@@ -286,6 +286,22 @@ def data_to_structure(fields: Dict[str, Any], sample: str,
     raise DataError(sample, e.fault) from None
 
 
+def check_lmdb_complete(env, path: str, data_file: str) -> None:
+  """Raises ``DataError`` if an LMDB file is shorter than its header says.
+
+  LMDB memory-maps the file: reading a page past the end of a truncated file
+  kills the process with SIGBUS instead of raising. The meta pages (the first
+  two, which ``lmdb.open`` has validated) record the last page in use, so the
+  size is checked before any data page is touched.
+  """
+  need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+  size = os.path.getsize(data_file)
+  if size < need:
+    env.close()
+    raise DataError(path, f"truncated LMDB: {size} bytes, but its header "
+                    f"records {need} bytes of pages")
+
+
 def read_legacy_lmdb(path: str, limit: Optional[int] = None
                      ) -> List[Structure]:
   """Reads a fairchem ``data.lmdb`` (file, or a directory holding one)."""
@@ -300,6 +316,8 @@ def read_legacy_lmdb(path: str, limit: Optional[int] = None
                     readahead=False, meminit=False)
   except lmdb.Error as e:
     raise DataError(path, f"not a readable LMDB ({e})") from None
+  check_lmdb_complete(env, path, os.path.join(path, "data.mdb") if subdir
+                      else path)
   out = []
   try:
     with env.begin() as txn:

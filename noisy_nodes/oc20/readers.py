@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from noisy_nodes.oc20.legacy_lmdb import check_lmdb_complete
 from noisy_nodes.oc20.legacy_lmdb import read_legacy_lmdb  # noqa: F401
 from noisy_nodes.structures import DataError, Structure
 
@@ -306,6 +307,7 @@ def read_aselmdb(path: str) -> List[Structure]:
                     readahead=False, meminit=False)
   except lmdb.Error as e:
     raise DataError(path, f"not a readable LMDB ({e})") from None
+  check_lmdb_complete(env, path, path)  # a truncated file would be SIGBUS
 
   def load(key, raw):
     try:
