@@ -1,0 +1,197 @@
+"""OC20 task: Noisy Nodes featurisation, loss masking, training end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import haiku as hk
+import jax
+import numpy as np
+import pytest
+
+import noisy_nodes  # noqa: F401
+from noisy_nodes import batching
+from noisy_nodes import noise
+from noisy_nodes.engine import trainer
+from noisy_nodes.neighbors import neighbor_list
+from noisy_nodes.oc20 import emt
+from noisy_nodes.oc20 import metrics as oc20_metrics
+from noisy_nodes.structures import DataError
+from noisy_nodes.tasks.oc20 import OC20Task
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import oc20 as oc20_config  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture(scope="module")
+def emt_folder(tmp_path_factory):
+  """train/val/test.aselmdb of 10 real EMT relaxations (in-process)."""
+  out = str(tmp_path_factory.mktemp("emt"))
+  emt.generate(10, seed=3, workers=0, out_dir=out,
+               split_sizes={"train": 6, "val": 2, "test": 2})
+  return out
+
+
+def _config(folder, variant="tiny"):
+  c = oc20_config.get_config(variant)
+  c.data.path = folder
+  return c
+
+
+def _task(folder, variant="tiny"):
+  task = OC20Task(_config(folder, variant))
+  splits = task.load_splits()
+  task.setup(splits["train"])
+  return task, splits
+
+
+def _edge_set(g):
+  return set(zip(g.senders.tolist(), g.receivers.tolist(),
+                 map(tuple, g.edges["shifts"].tolist())))
+
+
+def test_split_files_and_normalisation(emt_folder):
+  task, splits = _task(emt_folder)
+  assert {k: len(v) for k, v in splits.items()} == {"train": 6, "val": 2,
+                                                    "test": 2}
+  e = np.array([s.targets["energy_relaxed"] for s in splits["train"]])
+  assert task.mean == pytest.approx(e.mean()) and task.std == pytest.approx(
+      e.std())
+  g = task.featurize(splits["val"][0], None, False)
+  want = (float(splits["val"][0].targets["energy_relaxed"]) - e.mean()) / e.std()
+  assert g.globals["target"].shape == (1, 1)
+  assert g.globals["target"][0, 0] == pytest.approx(want, rel=1e-5)
+  # A single file is split deterministically instead.
+  c = _config(os.path.join(emt_folder, "train.aselmdb"))
+  c.data.val_fraction, c.data.test_fraction = 0.2, 0.2
+  a, b = OC20Task(c).load_splits(), OC20Task(c).load_splits()
+  assert [len(a[k]) for k in ("train", "val", "test")] == [4, 1, 1]
+  assert [s.id for s in a["val"]] == [s.id for s in b["val"]]
+  with pytest.raises(DataError, match="no such file"):
+    OC20Task(_config(emt_folder + "/missing")).load_splits()
+
+
+def test_eval_graph_is_clean_and_deterministic(emt_folder):
+  task, splits = _task(emt_folder)
+  s = splits["train"][0]
+  g1, g2 = task.featurize(s, None, False), task.featurize(s, None, False)
+  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(g1.nodes["positions"], s.positions, atol=1e-5)
+  # Eval node target: relaxed - initial.
+  np.testing.assert_allclose(
+      g1.nodes["positions"] + g1.nodes["position_target"],
+      s.node_arrays["positions_relaxed"], atol=1e-4)
+  np.testing.assert_array_equal(g1.nodes["tags"], s.node_arrays["tags"])
+  np.testing.assert_array_equal(g1.nodes["fixed"], s.node_arrays["fixed"])
+
+
+def test_training_graph_is_noisy_and_rebuilt(emt_folder):
+  task, splits = _task(emt_folder)
+  s = splits["train"][1]
+  clean = task.featurize(s, None, False)
+  g = task.featurize(s, np.random.default_rng(7), True)
+  again = task.featurize(s, np.random.default_rng(7), True)
+  np.testing.assert_array_equal(g.nodes["positions"], again.nodes["positions"])
+  noisy = g.nodes["positions"].astype(np.float64)
+  assert np.abs(noisy - s.positions).max() > 0.1  # σ = 0.3 Å
+  # The edges are those of the NOISY positions, not of the clean ones.
+  d = task.config.data
+  nl = neighbor_list(noisy, s.cell, s.pbc, d.cutoff, d.max_neighbors)
+  np.testing.assert_array_equal(g.senders, nl.senders)
+  np.testing.assert_array_equal(g.receivers, nl.receivers)
+  np.testing.assert_allclose(g.edges["vectors"], nl.vectors, atol=1e-4)
+  assert _edge_set(g) != _edge_set(clean)
+  # IS2RE target: the relaxed structure, relative to the noisy input.
+  back = noisy + g.nodes["position_target"]
+  diff = noise.minimum_image(back - s.node_arrays["positions_relaxed"],
+                             s.cell, s.pbc)
+  assert np.abs(diff).max() < 1e-4
+
+
+def test_is2rs_target_is_delta_minus_noise(emt_folder):
+  task, splits = _task(emt_folder, "tiny,is2rs")
+  s = splits["train"][2]
+  g = task.featurize(s, np.random.default_rng(1), True)
+  sigma = g.nodes["positions"].astype(np.float64) - s.positions  # no frames
+  assert np.std(sigma) == pytest.approx(0.3, rel=0.25)
+  delta = noise.minimum_image(s.node_arrays["positions_relaxed"] -
+                              s.positions, s.cell, s.pbc)
+  np.testing.assert_allclose(g.nodes["position_target"], delta - sigma,
+                             atol=1e-4)
+
+
+def test_loss_ignores_padding_and_sums_graphs(emt_folder):
+  task, splits = _task(emt_folder)
+  rng = np.random.default_rng(0)
+  graphs = [task.featurize(s, rng, True) for s in splits["train"][:2]]
+  budget = batching.Budget(200, 4000, 3)
+  model = hk.transform_with_state(task.model)
+  batch = batching.pad_graphs(graphs, budget)
+  params, state = model.init(jax.random.PRNGKey(0), batch, True)
+
+  @jax.jit
+  def loss_fn(b):
+    out, _ = model.apply(params, state, None, b, True)
+    return task.loss(out, b)[:2]
+
+  def loss(b):
+    value, weight = loss_fn(b)
+    return float(value), float(weight)
+
+  total, weight = loss(batch)
+  assert weight == 2.0
+  singles = [loss(batching.pad_graphs([g], budget))[0] for g in graphs]
+  assert total == pytest.approx(sum(singles), rel=1e-4)
+  # Garbage in the padding slots changes nothing.
+  n, g_real = int(batch.n_node[:2].sum()), 2
+  junk = batch._replace(
+      nodes=dict(batch.nodes, position_target=batch.nodes[
+          "position_target"].copy()),
+      globals=dict(batch.globals, target=batch.globals["target"].copy()))
+  junk.nodes["position_target"][n:] = 1e3
+  junk.globals["target"][g_real:] = -1e3
+  assert loss(junk)[0] == pytest.approx(total, rel=1e-6)
+
+
+def test_is2rs_trains_and_scores_adwt(emt_folder, tmp_path):
+  c = _config(emt_folder, "tiny,is2rs")
+  c.train.num_steps = 3
+  final = trainer.train(c, str(tmp_path / "is2rs"))
+  for key in ("adwt", "positions_mae", "baseline_adwt", "energy_mae",
+              "baseline_energy_mae"):
+    assert np.isfinite(final[key]), key
+  assert 0.0 <= final["adwt"] <= 1.0
+  # The "do not move" baseline, computed directly.
+  val = OC20Task(c).load_splits()["val"]
+  d = [np.abs(oc20_metrics.min_image_displacement(
+      s.positions, s.node_arrays["positions_relaxed"], s.cell, s.pbc)
+              )[s.node_arrays["fixed"] == 0] for s in val]
+  assert final["baseline_positions_mae"] == pytest.approx(
+      np.mean(np.concatenate(d)), rel=1e-9)
+
+
+def test_cli_tiny_generates_trains_and_evaluates(tmp_path):
+  """The main job's entry point on the tiny EMT set (generated here)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")
+  workdir = str(tmp_path / "run")
+  cmd = [sys.executable, "-m", "noisy_nodes.train",
+         f"--config={ROOT}/configs/oc20.py:tiny", f"--workdir={workdir}",
+         f"--config.data.cache_dir={tmp_path}/cache"]
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  val = [r for r in rows if r["split"] == "val"]
+  assert len(val) == 2 and "baseline_energy_mae" in val[-1]
+  assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6]
+  ev = subprocess.run([sys.executable, "-m", "noisy_nodes.evaluate",
+                       f"--workdir={workdir}", "--checkpoint=latest"],
+                      env=env, capture_output=True, text=True, timeout=600,
+                      cwd=ROOT)
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  metrics = json.loads(ev.stdout.strip().splitlines()[-1])
+  assert metrics["energy_mae"] == pytest.approx(val[-1]["energy_mae"],
+                                                rel=1e-6)
