@@ -1,0 +1,248 @@
+"""CrysGNN engine tasks: pre-training through the engine, a frozen teacher
+during distillation, the teacher's own graph rebuilt on device, projection
+only for differing widths, fine-tuning initialisation."""
+import ast
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import noisy_nodes  # noqa: F401
+from noisy_nodes import batching
+from noisy_nodes.engine import trainer
+from crystal.crysgnn import losses
+from crystal.crysgnn import tasks
+
+
+
+def _config_module(name):
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", name + ".py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+crysgnn_distill = _config_module("crysgnn_distill")
+crysgnn_pretrain = _config_module("crysgnn_pretrain")
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("crysgnn")
+  cfg = crysgnn_pretrain.get_config("tiny")
+  cfg.data.cache_dir = str(root / "cache")
+  workdir = str(root / "teacher")
+  trainer.train(cfg, workdir)
+  return workdir
+
+
+def _rows(workdir, split):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+def _distill_config(root, **model):
+  cfg = crysgnn_distill.get_config("tiny")
+  cfg.data.cache_dir = str(root)
+  cfg.model.update(model)
+  return cfg
+
+
+def test_pretrain_engine_steps_and_host_metrics(teacher_dir):
+  names = ("loss_feature", "loss_connectivity", "loss_space_group",
+           "loss_contrastive")
+  train = _rows(teacher_dir, "train")
+  assert [r["step"] for r in train] == [3, 6]
+  for r in train:
+    assert all(np.isfinite(r[k]) and r[k] > 0 for k in names + ("loss",))
+    # Eq. 2 with the 0.25 weights.
+    np.testing.assert_allclose(r["loss"], 0.25 * sum(r[k] for k in names),
+                               rtol=1e-5)
+  # The host metrics on val equal the jitted loss on one batch holding the
+  # whole validation split (NT-Xent: one chunk, same pairs).
+  exp, ts, _, budget, _ = trainer.restore_run(teacher_dir, "latest")
+  graphs = exp.graphs("val")
+  assert 1 < len(graphs) <= budget.max_graphs
+  host = exp.evaluate(ts.params, ts.state, "val", budget)
+  batch = batching.pad_graphs(graphs, budget)
+  apply = exp.transformed().apply
+  out, _ = apply(ts.params, ts.state, None, batch, is_training=False)
+  total, weight, metrics = losses.crysgnn_pretrain_loss(out, batch)
+  for k in names:
+    np.testing.assert_allclose(host[k], float(metrics[k] / weight), rtol=1e-4)
+  np.testing.assert_allclose(host["loss"], float(total / weight), rtol=1e-4)
+  # The engine logged the same numbers at its last evaluation (step 6).
+  val = _rows(teacher_dir, "val")[-1]
+  assert val["step"] == 6
+  for k in names + ("loss", "space_group_accuracy"):
+    np.testing.assert_allclose(val[k], host[k], rtol=1e-5)
+
+
+def _snapshot(tree):
+  return jax.tree_util.tree_map(np.array, tree)
+
+
+def _hash_dir(path):
+  h = hashlib.sha256()
+  for f in sorted(glob.glob(os.path.join(path, "**"), recursive=True)):
+    if os.path.isfile(f) and not f.endswith("metrics.jsonl"):
+      h.update(f.encode())
+      with open(f, "rb") as fh:
+        h.update(fh.read())
+  return h.hexdigest()
+
+
+def _checkpoint_tree(workdir, step):
+  with open(os.path.join(workdir, "checkpoints", str(step), "state",
+                         "_METADATA")) as f:
+    keys = json.load(f)["tree_metadata"]
+  out = {}
+  for k, v in keys.items():
+    out[ast.literal_eval(k)] = tuple(v["value_metadata"].get("write_shape",
+                                                            ()))
+  return out
+
+
+def test_distillation_keeps_teacher_frozen(teacher_dir, tmp_path):
+  cfg = _distill_config(tmp_path)
+  cfg.teacher.workdir = teacher_dir
+  teacher = tasks.load_teacher(teacher_dir)
+  before = _snapshot((teacher.params, teacher.state))
+  disk = _hash_dir(teacher_dir)
+  # Real running statistics (pre-training moved them off zeros/ones).
+  bn = [v for m, v in teacher.state.items() if "mean" in v]
+  assert bn and any(np.abs(v["mean"]).max() > 1e-3 for v in bn)
+  result = trainer.train(cfg, str(tmp_path / "student"))
+  assert np.isfinite(result["mae"]) and np.isfinite(result["loss_kd"])
+  after = (teacher.params, teacher.state)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, before, after)
+  assert _hash_dir(teacher_dir) == disk
+  # The student's checkpoint holds the student only: params are exactly those
+  # of the plain student (same width: no projection), nothing of the teacher.
+  tree = _checkpoint_tree(str(tmp_path / "student"), 4)
+  params = {p[1:] for p in tree if p[0] == "params"}
+  modules = {p[0] for p in params}
+  assert all(m.startswith("gatgnn/") for m in modules), modules
+  assert not any("crysgnn" in "/".join(p) for p in tree)
+  n_student = sum(int(np.prod(tree[("params",) + p])) for p in params)
+  n_teacher = sum(v.size for v in jax.tree_util.tree_leaves(teacher.params))
+  assert n_student != n_teacher
+  train = _rows(str(tmp_path / "student"), "train")
+  assert all(np.isfinite(r["loss_kd"]) and r["loss_kd"] > 0 for r in train)
+
+
+def _task_and_batch(cfg):
+  task = tasks.CrysGNNDistillTask(cfg)
+  splits = task.load_splits()
+  task.setup(splits["train"])
+  structures = splits["train"][:3]
+  graphs = [task.featurize(s, None, False) for s in structures]
+  budget = batching.Budget(64, 1024, 4)
+  return task, structures, batching.pad_graphs(graphs, budget), budget
+
+
+def test_teacher_view_and_projection_only_when_widths_differ(teacher_dir,
+                                                             tmp_path):
+  cfg = _distill_config(tmp_path, dim=8)
+  cfg.teacher.workdir = teacher_dir
+  task, structures, batch, budget = _task_and_batch(cfg)
+  assert not task.shares_teacher_graph()
+  assert task.teacher.dim == 16
+  model = hk.transform_with_state(task.model)
+  params, state = model.init(jax.random.PRNGKey(0), batch, True)
+  proj = [m for m in params if "kd_projection" in m]
+  assert len(proj) == 1 and params[proj[0]]["w"].shape == (8, 16)
+  out, _ = model.apply(params, state, None, batch, is_training=True)
+  # Z^T from the rebuilt teacher graph == the teacher on its own featurised
+  # batch (same atoms, its own edges and features).
+  own = batching.pad_graphs(
+      [task.teacher.featurizer(s) for s in structures], budget)
+  t_out, _ = task.teacher.apply(task.teacher.params, task.teacher.state, None,
+                                own, is_training=False)
+  h = np.asarray(t_out["node_embedding"], np.float64)
+  n = sum(s.num_atoms for s in structures)
+  z = h[:n] / np.linalg.norm(h[:n], axis=1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(out["teacher_embedding"])[:n], z,
+                             atol=2e-5)
+  assert np.all(np.asarray(out["teacher_embedding"])[n:] == 0)
+  # Eq. 3 against numpy: δ·MSE(normalised target) + (1-δ)·MSE(Z^S, Z^T).
+  loss, weight, metrics = task.loss(out, batch)
+  zs = np.asarray(out["kd_embedding"])[:n]
+  kd = np.mean((zs - z) ** 2)
+  g = len(structures)
+  y = (np.asarray(batch.globals["target"])[:g] - task.target_mean) / (
+      task.target_std)
+  prop = np.mean((np.asarray(out["graph"])[:g] - y) ** 2)
+  assert float(weight) == g
+  np.testing.assert_allclose(float(loss / weight), 0.5 * prop + 0.5 * kd,
+                             rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["loss_kd"] / weight), kd,
+                             rtol=1e-4)
+  # Same width: no projection parameters at all.
+  cfg16 = _distill_config(tmp_path, dim=16)
+  cfg16.teacher.workdir = teacher_dir
+  task16, _, batch16, _ = _task_and_batch(cfg16)
+  shapes = jax.eval_shape(
+      lambda b: hk.transform_with_state(task16.model).init(
+          jax.random.PRNGKey(0), b, True), batch16)[0]
+  assert not any("kd_projection" in m for m in shapes)
+
+
+def test_finetune_init_equals_teacher(teacher_dir, tmp_path):
+  cfg = _distill_config(tmp_path)
+  cfg.teacher.workdir = teacher_dir
+  teacher_model = json.load(open(os.path.join(teacher_dir, "config.json")))
+  cfg.model = dict(teacher_model["model"], post_fc_layers=1)
+  cfg.data.graph = dict(teacher_model["data"]["graph"], node_features="cgcnn92",
+                        degree=False, self_loops=False,
+                        gaussian_form="cgcnn", distance_scaling="none")
+  cfg.init_from_teacher = True
+  cfg.distill.delta = 1.0
+  task, _, batch, _ = _task_and_batch(cfg)
+  assert task.shares_teacher_graph()
+  assert not any(k.startswith("teacher_") for k in batch.nodes)
+  params, state = hk.transform_with_state(task.model).init(
+      jax.random.PRNGKey(1), batch, True)
+  new_params, new_state = task.init_params(params, state)
+  encoder = [m for m in new_params if "/head/" not in m]
+  assert len(encoder) >= 3
+  for m in encoder:
+    for k, v in new_params[m].items():
+      np.testing.assert_array_equal(v, task.teacher.params[m][k])
+  for m in new_state:
+    for k, v in new_state[m].items():
+      np.testing.assert_array_equal(v, task.teacher.state[m][k])
+  heads = [m for m in new_params if "/head/" in m]
+  assert heads and all(new_params[m]["w"] is params[m]["w"] for m in heads)
+  # A student whose encoder differs cannot be initialised from the teacher.
+  cfg2 = _distill_config(tmp_path)
+  cfg2.teacher.workdir = teacher_dir
+  cfg2.init_from_teacher = True
+  task2, _, batch2, _ = _task_and_batch(cfg2)
+  shapes = jax.eval_shape(
+      lambda b: hk.transform_with_state(task2.model).init(
+          jax.random.PRNGKey(0), b, True), batch2)
+  with pytest.raises(ValueError, match="init_from_teacher"):
+    task2.init_params(*shapes)
+
+
+def test_bad_teacher_and_bad_pretrain_features(tmp_path):
+  from noisy_nodes.structures import DataError  # pylint: disable=g-import-not-at-top
+  cfg = _distill_config(tmp_path)
+  with pytest.raises(ValueError, match="teacher.workdir"):
+    tasks.CrysGNNDistillTask(cfg)
+  cfg.teacher.workdir = str(tmp_path / "nothing")
+  with pytest.raises(DataError, match="config.json"):
+    tasks.CrysGNNDistillTask(cfg)
+  pcfg = crysgnn_pretrain.get_config("tiny")
+  pcfg.data.graph.node_features = "onehot"
+  with pytest.raises(ValueError, match="92-d CGCNN"):
+    tasks.CrysGNNPretrainTask(pcfg)
