@@ -181,7 +181,12 @@ def test_two_processes_equal_one_process_with_as_many_devices(
     assert losses(multi) == losses(single)
   else:
     np.testing.assert_allclose(losses(multi), losses(single), rtol=1e-5)
-  with open(os.path.join(multi, "checkpoints", str(STEPS), "meta",
-                         "metadata")) as f:
-    meta = json.load(f)
-  assert len(meta["data_positions"]) == 2 * devices
+  # The engine's own restore (evaluation, fine-tuning) reads the multi-host
+  # checkpoint in a single process on one device.
+  from noisy_nodes.engine import trainer  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  _, ts, meta, _, step = trainer.restore_run(multi, "latest")
+  assert step == STEPS and len(meta["data_positions"]) == 2 * devices
+  restored = {_name(p): np.asarray(x) for p, x in
+              jax.tree_util.tree_flatten_with_path(jax.device_get(ts))[0]}
+  _assert_equal(_checkpoint(multi, STEPS), restored)
