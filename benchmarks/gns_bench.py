@@ -47,7 +47,7 @@ from noisy_nodes import batching  # noqa: E402
 from noisy_nodes.tasks.oc20 import OC20Task  # noqa: E402
 
 DEMO_TRAIN = os.path.expanduser(
-    "~/.cache/noisy_nodes/oc20_emt/emt_v1_s0_2400_300_300/train.aselmdb")
+    "~/.cache/noisy_nodes/oc20_emt/emt_v1_s0_1600_200_200/train.aselmdb")
 
 
 def make_task(steps, remat=False):

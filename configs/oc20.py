@@ -15,8 +15,9 @@ Variant string: comma-separated tokens, e.g. ``is2rs,10x10`` or ``demo``:
   pos_only IS2RS without the energy loss (Table 3 "+ Pos only").
   no_noise the "No Noise" ablation: σ = 0, no frame sampling, no node loss.
   remat    rematerialise message-passing steps (deep models, less memory).
-  demo     EMT data generated on first use (2,400/300/300 systems), a
-           small GNS sized for 2 CPU cores (~10 minutes end to end).
+  demo     EMT data generated on first use (1,600/200/200 systems, ~4 min
+           on 2 cores), a 2 x 3 GNS of width 64 sized for 2 CPU cores
+           (~10 minutes end to end).
   tiny     a few EMT systems and a minimal model, for tests.
 
 With ``data.path`` empty the EMT demo data set (noisy_nodes.oc20.emt) is
@@ -35,7 +36,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       task="is2re",         # is2re | is2rs
       target="energy_relaxed",
       cache_dir="~/.cache/noisy_nodes/oc20_emt",
-      num_train=2400, num_val=300, num_test=300,  # EMT data (path empty)
+      num_train=1600, num_val=200, num_test=200,  # EMT data (path empty)
       seed=0, workers=2,
       val_fraction=0.1, test_fraction=0.1, split_seed=0,  # single-file data
       cutoff=6.0, max_neighbors=12,
@@ -87,15 +88,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 
 def _demo(c):
-  """EMT data, a 2 x 3 GNS of width 96: ~10 minutes on 2 CPU cores."""
-  c.data.num_train, c.data.num_val, c.data.num_test = 2400, 300, 300
+  """EMT data, a 2 x 3 GNS of width 64: ~10 minutes on 2 CPU cores."""
+  c.data.num_train, c.data.num_val, c.data.num_test = 1600, 200, 200
   c.data.cutoff = 5.0
-  c.model.update(latent_size=96, mlp_layers=2, num_message_passing_steps=3,
+  c.model.update(latent_size=64, mlp_layers=2, num_message_passing_steps=3,
                  num_block_iterations=2, num_basis=32)
   c.batch.update(max_nodes=0, max_edges=0, max_graphs=8)  # estimated
-  c.optim.update(lr=1e-3, warmup_steps=100, init_lr=1e-5, cycle_steps=2900,
+  c.optim.update(lr=1e-3, warmup_steps=100, init_lr=1e-5, cycle_steps=1900,
                  final_lr_fraction=0.02, clip_norm=1.0, ema_decay=0.995)
-  c.train.update(num_steps=3000, log_every=100, eval_every=500,
+  c.train.update(num_steps=2000, log_every=100, eval_every=500,
                  checkpoint_every=500)
 
 
