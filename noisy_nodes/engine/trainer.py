@@ -236,6 +236,20 @@ def _gather_positions(positions):
   return [tuple(r) for r in np.asarray(local).reshape(-1, 2)]
 
 
+def _any_process(received: bool) -> bool:
+  """Whether any process got the signal: all must stop at the same step.
+
+  Hosts receive SIGTERM at slightly different times (or only one host is
+  preempted); a host that stopped alone would wait in the checkpoint's
+  barriers while the others wait in the next step's collectives, a deadlock
+  (tests/test_multihost.py). One tiny all-gather per step settles it.
+  """
+  if jax.process_count() == 1:
+    return received
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.int32(received))))
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) the experiment described by ``config`` in ``workdir``.
 
@@ -369,7 +383,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
         val_metrics = run_eval()
       if step % int(tc.checkpoint_every) == 0:
         save()
-      if flag.received is not None:
+      if _any_process(flag.received is not None):
         save()
         logging.warning("preempted at step %d: checkpoint written; rerun the "
                         "same command to resume", step)
