@@ -1,0 +1,204 @@
+"""DeeperGATGNN training / inference throughput and peak memory vs. depth.
+
+Usage:
+  python benchmarks/crystal_bench.py [--depths 5 20 30] [--n 1000]
+      [--batch 100] [--epochs 3] [--repeats 3]
+
+Data: ``n`` EMT Pt10 clusters (``crystal.generators.pt10_clusters``) with the
+reference graph (8 Å, 12 nearest neighbours, minimum image, self loops):
+10 nodes and 100 edges each, so a batch of 100 graphs holds 1,000 nodes and
+10,000 edges (padded to 1,001 / 10,000 / 101 by ``noisy_nodes.batching``).
+Model: the ``configs/deeper_gatgnn.py`` reference (dim 64, 4 heads,
+DiffGroupNorm + skips) at each depth, through the engine's own pieces:
+``CrystalPropertyTask.model``, ``parallel.make_train_step`` (AdamW, plateau
+scale, L1) and ``parallel.make_eval_step`` on one device.
+
+Each depth runs in a fresh subprocess so its peak resident memory
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``: the whole process, Python,
+XLA, data and buffers included) is its own. Timing: one warm-up epoch
+(compilation), then ``repeats`` timed runs of ``epochs`` epochs over the
+``n / batch`` pre-padded batches, blocking on every step's result; the best
+run is reported (less sensitive to a busy shared machine) and the median
+beside it.
+
+Reference (SPEC.md, PyTorch/PyG on this machine kind, 2 threads): 20 layers
+~90 graphs/s training, ~260 inference, 3.0 GB; 30 layers ~63 / ~160, 4.4 GB.
+Goal: >= 3x both at 20 layers, in under 1 GB.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+REFERENCE = {20: (90.0, 260.0, 3.0e3), 30: (63.0, 160.0, 4.4e3)}  # g/s, g/s, MB
+GOAL_SPEEDUP, GOAL_MEMORY_MB = 3.0, 1000.0
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(depth: int, cache_dir: str):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "deeper_gatgnn_config", os.path.join(ROOT, "configs", "deeper_gatgnn.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("")
+  c.model.num_layers = depth
+  c.data.cache_dir = cache_dir
+  c.data.graph_cache = False
+  return c
+
+
+def child(args) -> dict:
+  """Measures one depth in this process; returns a JSON-able dict."""
+  import haiku as hk  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import noisy_nodes  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from noisy_nodes import batching  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.engine import optim, parallel  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.structures import load_structures  # pylint: disable=g-import-not-at-top
+  from crystal import tasks  # pylint: disable=g-import-not-at-top
+  from crystal.models import count_params  # pylint: disable=g-import-not-at-top
+
+  config = _config(args.depth, os.path.dirname(args.data))
+  structures = load_structures(args.data)
+  task = tasks.CrystalPropertyTask(config)
+  task.featurizer = task.featurizer.fit(structures)
+  task.num_targets = 1
+  graphs = [task.featurize(s, None, True) for s in structures]
+  nodes = max(int(g.n_node[0]) for g in graphs) * args.batch
+  edges = max(int(g.n_edge[0]) for g in graphs) * args.batch
+  budget = batching.Budget(nodes, edges, args.batch)
+  batches = [batching.stack_device_batches([batching.pad_graphs(
+      graphs[i:i + args.batch], budget)])
+             for i in range(0, len(graphs), args.batch)]
+  mesh = parallel.make_mesh(local_only=True)
+  batches = [parallel.shard_batch(b, mesh) for b in batches]
+
+  transformed = hk.transform_with_state(task.model)
+  example = jax.tree_util.tree_map(lambda x: x[0], batches[0])
+  params, state = jax.jit(lambda b: transformed.init(
+      jax.random.PRNGKey(0), b, True))(example)
+  optimizer = optim.make_optimizer(config.optim)
+  host = parallel.TrainState(
+      step=np.zeros((), np.int32), params=jax.device_get(params),
+      state=jax.device_get(state),
+      opt_state=jax.device_get(optimizer.init(params)),
+      ema_params=jax.device_get(params),
+      rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(1))))
+  ts = parallel.replicate(host, mesh)
+  train_step = parallel.make_train_step(task, transformed, optimizer, mesh)
+  eval_step = parallel.make_eval_step(task, transformed, mesh)
+  eval_params = parallel.replicate(host.params, mesh)
+  eval_state = parallel.replicate(host.state, mesh)
+
+  def train_epochs(ts, k):
+    for _ in range(k):
+      for b in batches:
+        ts, m = train_step(ts, b)
+        jax.block_until_ready(m["loss"])
+    return ts
+
+  def infer_epochs(k):
+    for _ in range(k):
+      for b in batches:
+        jax.block_until_ready(eval_step(eval_params, eval_state, b))
+
+  t0 = time.perf_counter()
+  ts = train_epochs(ts, 1)
+  infer_epochs(1)
+  compile_s = time.perf_counter() - t0
+  per = len(graphs) * args.epochs
+  train_rates, infer_rates = [], []
+  for _ in range(args.repeats):   # interleave train and inference runs
+    t = time.perf_counter()
+    ts = train_epochs(ts, args.epochs)
+    train_rates.append(per / (time.perf_counter() - t))
+    t = time.perf_counter()
+    infer_epochs(args.epochs)
+    infer_rates.append(per / (time.perf_counter() - t))
+  return {
+      "depth": args.depth, "params": count_params(host.params),
+      "nodes_per_batch": int(sum(int(g.n_node[0]) for g in graphs[:args.batch])),
+      "edges_per_batch": int(sum(int(g.n_edge[0]) for g in graphs[:args.batch])),
+      "train_best": max(train_rates), "train_median": float(np.median(train_rates)),
+      "infer_best": max(infer_rates), "infer_median": float(np.median(infer_rates)),
+      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+      "warmup_s": compile_s, "devices": str(jax.devices()[0].platform),
+  }
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--depths", type=int, nargs="+", default=[5, 20, 30])
+  p.add_argument("--n", type=int, default=1000)
+  p.add_argument("--batch", type=int, default=100)
+  p.add_argument("--epochs", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--json", default="", help="also write the results here")
+  p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--depth", type=int, default=20, help=argparse.SUPPRESS)
+  p.add_argument("--data", default="", help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.child:
+    print("RESULT " + json.dumps(child(args)), flush=True)
+    return
+
+  sys.path.insert(0, ROOT)
+  from crystal import generators  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.structures import save_structures  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    data = os.path.join(tmp, "pt10.npz")
+    save_structures(data, generators.pt10_clusters(args.n, args.seed))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
+               os.environ.get("PYTHONPATH", ""))
+    rows = []
+    for depth in args.depths:
+      cmd = [sys.executable, os.path.abspath(__file__), "--child",
+             f"--depth={depth}", f"--data={data}", f"--batch={args.batch}",
+             f"--epochs={args.epochs}", f"--repeats={args.repeats}"]
+      res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+      line = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
+      if res.returncode or not line:
+        sys.exit(f"depth {depth} failed:\n{res.stderr[-3000:]}")
+      rows.append(json.loads(line[0][len("RESULT "):]))
+      print(f"depth {depth}: done ({rows[-1]['warmup_s']:.1f} s warm-up)",
+            flush=True)
+  r0 = rows[0]
+  print(f"\n{args.n} Pt10 clusters, batch {args.batch} "
+        f"({r0['nodes_per_batch']} nodes, {r0['edges_per_batch']} edges), "
+        f"{r0['devices']}, os.cpu_count()={os.cpu_count()}, load average "
+        f"{os.getloadavg()[0]:.1f}")
+  print(f"{'layers':>6} {'params':>9} {'train g/s':>16} {'infer g/s':>16} "
+        f"{'peak MB':>8} {'train x':>8} {'infer x':>8} {'mem x':>6}")
+  for r in rows:
+    ref = REFERENCE.get(r["depth"])
+    ratios = (f"{r['train_best'] / ref[0]:8.2f} {r['infer_best'] / ref[1]:8.2f}"
+              f" {ref[2] / r['peak_mb']:6.2f}") if ref else (
+                  f"{'n/a':>8} {'n/a':>8} {'n/a':>6}")
+    print(f"{r['depth']:6d} {r['params']:9,d} "
+          f"{r['train_best']:7.1f} ({r['train_median']:6.1f}) "
+          f"{r['infer_best']:7.1f} ({r['infer_median']:6.1f}) "
+          f"{r['peak_mb']:8.0f} {ratios}")
+  print("(best of repeats; median in parentheses; x = ratio to the PyTorch "
+        "reference, memory as reference / ours)")
+  at20 = [r for r in rows if r["depth"] == 20]
+  if at20:
+    r, ref = at20[0], REFERENCE[20]
+    ok = (r["train_best"] >= GOAL_SPEEDUP * ref[0] and
+          r["infer_best"] >= GOAL_SPEEDUP * ref[1] and
+          r["peak_mb"] < GOAL_MEMORY_MB)
+    print(f"goal at 20 layers (>= {GOAL_SPEEDUP:.0f}x training and inference, "
+          f"< {GOAL_MEMORY_MB:.0f} MB): {'met' if ok else 'NOT met'}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

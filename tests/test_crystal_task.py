@@ -1,0 +1,291 @@
+"""CrystalPropertyTask through the engine: splits, metrics, loss, every model
+(and the deeper option) training, periodic-image invariance, the training
+CLI on a MatDeepLearn folder, k-fold CV, outputs and the predict CLI."""
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import haiku as hk
+import jax
+import numpy as np
+import pytest
+
+import noisy_nodes  # noqa: F401
+from noisy_nodes import batching
+from noisy_nodes.engine import optim, parallel
+from noisy_nodes.structures import DataError, Structure
+from crystal import generators, outputs, tasks
+from crystal.io import write_matdeeplearn_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(name, variant="tiny", cache_dir=None, **data):
+  path = os.path.join(ROOT, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(variant)
+  if cache_dir is not None:
+    c.data.cache_dir = str(cache_dir)
+  c.data.update(data)
+  return c
+
+
+def _env():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+# -- splits and metrics (no training) ---------------------------------------------
+def test_holdout_and_kfold_splits():
+  c = _config("deeper_gatgnn")
+  idx = tasks.split_indices(100, c.data)
+  assert [len(idx[k]) for k in ("train", "val", "test")] == [80, 5, 15]
+  c.data.cv_folds = 3
+  tests_ = []
+  for fold in range(3):
+    c.data.fold = fold
+    s = tasks.split_indices(100, c.data)
+    parts = [set(s[k].tolist()) for k in ("train", "val", "test")]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or
+                parts[1] & parts[2])
+    assert set.union(*parts) == set(range(100))
+    # val is cv_val_fraction of the training folds, never the test fold.
+    assert len(s["val"]) == round(0.05 * (100 - len(s["test"])))
+    tests_.append(parts[2])
+  assert set.union(*tests_) == set(range(100))
+  assert sum(len(t) for t in tests_) == 100
+  c.data.fold = 3
+  with pytest.raises(DataError, match="fold 3"):
+    tasks.split_indices(100, c.data)
+
+
+def test_regression_metrics_known_values():
+  true = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 2.0], [4.0, 5.0]])
+  pred = np.array([[1.5, 0.0], [2.0, 1.0], [2.5, 3.0], [4.0, 5.0]])
+  m = tasks.regression_metrics(true, pred)
+  assert m["mae"] == pytest.approx((0.5 + 0.5 + 1.0) / 8)
+  assert m["mse"] == pytest.approx((0.25 + 0.25 + 1.0) / 8)
+  # R^2 per column: 1 - 0.5/5 and 1 - 1/14, averaged.
+  assert m["r2"] == pytest.approx(0.5 * ((1 - 0.5 / 5) + (1 - 1 / 14)))
+  assert m["mae_0"] == pytest.approx(0.25)
+  assert m["mae_1"] == pytest.approx(0.25)
+
+
+# -- every model through the engine's training step ------------------------------------
+def _task_and_batch(config):
+  task = tasks.CrystalPropertyTask(config)
+  splits = task.load_splits()
+  task.setup(splits["train"])
+  graphs = [task.featurize(s, None, True) for s in splits["train"][:8]]
+  budget = batching.Budget(8 * 10 + 8, 8 * 100 + 64, 8)
+  return task, splits, batching.pad_graphs(graphs, budget), graphs
+
+
+# Plain CGCNN/SchNet/MPNN/MEGNet are tested in test_crystal_models.py and
+# DeeperGATGNN by the CLI test below; here every model family with the task.
+@pytest.mark.parametrize("name,variant,check_loss", [
+    ("gatgnn", "tiny", True), ("cgcnn", "tiny", False),
+    ("cgcnn", "tiny,deeper", True), ("schnet", "tiny,deeper", False),
+    ("mpnn", "tiny,deeper", False), ("megnet", "tiny,deeper", True)])
+def test_model_trains_through_engine_step(tmp_path, name, variant,
+                                          check_loss):
+  """The engine's sharded step on a real batch: finite, parameters move,
+  and (check_loss) its loss is the L1 error of the model's own outputs."""
+  config = _config(name, variant, tmp_path)
+  task, _, batch, graphs = _task_and_batch(config)
+  transformed = hk.transform_with_state(task.model)
+  params, state = jax.jit(lambda b: transformed.init(
+      jax.random.PRNGKey(0), b, True))(batch)
+  expected = None
+  if check_loss:
+    out, _ = jax.jit(lambda p, s, b: transformed.apply(p, s, None, b, True))(
+        params, state, batch)
+    pred = np.asarray(out["graph"])[:len(graphs), 0]
+    true = np.array([g.globals["target"][0, 0] for g in graphs])
+    expected = np.mean(np.abs(pred - true))   # reference: no normalisation
+
+  optimizer = optim.make_optimizer(config.optim)
+  mesh = parallel.make_mesh(local_only=True)
+  ts = parallel.replicate(parallel.TrainState(
+      step=np.zeros((), np.int32), params=jax.device_get(params),
+      state=jax.device_get(state),
+      opt_state=jax.device_get(optimizer.init(params)),
+      ema_params=jax.device_get(params),
+      rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(1)))), mesh)
+  step = parallel.make_train_step(task, transformed, optimizer, mesh)
+  stacked = batching.stack_device_batches([batch] * jax.local_device_count())
+  ts, metrics = step(ts, parallel.shard_batch(stacked, mesh))
+  metrics = jax.device_get(metrics)
+  assert metrics["finite"] == 1.0
+  if check_loss:
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=2e-5)
+    np.testing.assert_allclose(metrics["mae"], expected, rtol=2e-5)
+  ts, metrics2 = step(ts, parallel.shard_batch(stacked, mesh))
+  assert np.isfinite(jax.device_get(metrics2["loss"]))
+  moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
+      jax.tree_util.tree_leaves(jax.device_get(ts.params)),
+      jax.tree_util.tree_leaves(jax.device_get(params)))]
+  assert max(moved) > 0
+
+
+# -- periodic images ------------------------------------------------------------------
+def _low_symmetry_crystal():
+  """3 atoms in a triclinic cell; distinct distances (no 12-NN ties)."""
+  cell = np.array([[4.1, 0.0, 0.0], [0.7, 3.8, 0.0], [0.4, 0.6, 5.2]])
+  frac = np.array([[0.02, 0.05, 0.01], [0.47, 0.41, 0.53],
+                   [0.71, 0.13, 0.37]])
+  return Structure(id="tri", atomic_numbers=np.array([78, 8, 29]),
+                   positions=frac @ cell, cell=cell, pbc=np.ones(3, bool),
+                   targets={"target": np.array([0.3])})
+
+
+def _supercell(s, reps=(2, 2, 1)):
+  """Copies in blocks: atom i of copy k is row k * n + i (as ASE repeat)."""
+  shifts = np.array([[a, b, c] for a in range(reps[0]) for b in range(reps[1])
+                     for c in range(reps[2])], np.float64)
+  pos = (shifts @ s.cell)[:, None, :] + s.positions[None]
+  return Structure(id="super", atomic_numbers=np.tile(s.atomic_numbers,
+                                                      len(shifts)),
+                   positions=pos.reshape(-1, 3),
+                   cell=s.cell * np.array(reps)[:, None], pbc=s.pbc,
+                   targets=dict(s.targets))
+
+
+def test_supercell_gives_same_prediction_in_eval_mode(tmp_path):
+  """A 2x2x1 supercell: same per-atom embeddings and crystal prediction.
+
+  Uses every periodic image within the cutoff (12 nearest): the reference's
+  minimum-image graph keeps one edge per atom pair, so it depends on the cell
+  chosen whenever the cell is smaller than twice the cutoff.
+  """
+  config = _config("deeper_gatgnn", "tiny", tmp_path)
+  config.data.graph.minimum_image = False
+  task = tasks.CrystalPropertyTask(config)
+  task.num_targets = 1
+  unit = _low_symmetry_crystal()
+  sup = _supercell(unit)
+  g_unit = task.featurize(unit, None, False)
+  g_sup = task.featurize(sup, None, False)
+  assert int(g_sup.n_edge[0]) == 4 * int(g_unit.n_edge[0])
+  budget = batching.Budget(16, 4 * 13 * 3 + 64, 2)
+  batch = batching.pad_graphs([g_unit, g_sup], budget)
+  transformed = hk.transform_with_state(task.model)
+  params, state = transformed.init(jax.random.PRNGKey(0), batch, True)
+  # One training-mode pass so the BatchNorm/DGN running statistics are not
+  # the identity.
+  _, state = transformed.apply(params, state, None, batch, True)
+  out, _ = transformed.apply(params, state, None, batch, False)
+  y = np.asarray(out["graph"])[:2, 0]
+  np.testing.assert_allclose(y[0], y[1], rtol=1e-5, atol=1e-6)
+  emb = np.asarray(out["node_embedding"])
+  n = unit.num_atoms
+  for k in range(4):
+    np.testing.assert_allclose(emb[n + k * n:n + (k + 1) * n], emb[:n],
+                               rtol=1e-4, atol=1e-5)
+
+
+# -- CLI, outputs, predict -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pt_folder(tmp_path_factory):
+  """A MatDeepLearn folder (targets.csv + ASE json) of 30 EMT Pt10 clusters."""
+  folder = str(tmp_path_factory.mktemp("pt_folder"))
+  structures = generators.pt10_clusters(30, seed=3)
+  write_matdeeplearn_folder(folder, structures)
+  return folder
+
+
+@pytest.fixture(scope="module")
+def trained_run(pt_folder, tmp_path_factory):
+  base = tmp_path_factory.mktemp("run")
+  workdir = str(base / "dg")
+  cmd = [sys.executable, "-m", "noisy_nodes.train",
+         f"--config={ROOT}/configs/deeper_gatgnn.py:tiny",
+         f"--workdir={workdir}", f"--config.data.path={pt_folder}",
+         f"--config.data.cache_dir={base / 'cache'}"]
+  res = subprocess.run(cmd, cwd=str(base), env=_env(), capture_output=True,
+                       text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def run_outputs(trained_run):
+  return outputs.write_outputs(trained_run)
+
+
+def test_train_cli_on_folder_and_outputs(trained_run, run_outputs, pt_folder):
+  with open(os.path.join(trained_run, "config.json")) as f:
+    assert json.load(f)["data"]["path"] == pt_folder
+  out = run_outputs
+  rows = _read_csv(out["test"]["csv"])
+  # 30 samples: 24 train, 1 val, 5 test (0.8/0.05/0.15).
+  assert len(rows) == 5 and len(_read_csv(out["val"]["csv"])) == 1
+  err = [abs(float(r["prediction"]) - float(r["target"])) for r in rows]
+  assert out["test"]["metrics"]["mae"] == pytest.approx(np.mean(err))
+  np.testing.assert_allclose([float(r["abs_error"]) for r in rows], err,
+                             rtol=1e-9)
+  for png in (out["test"]["parity"], out["learning_curve"]["png"]):
+    with open(png, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_cli_on_cif_and_poscar(trained_run, run_outputs, tmp_path):
+  """A test-split cluster in a 30 Å box (no image within 8 Å) written as CIF
+  and POSCAR gets the prediction write_outputs made for the cluster."""
+  import ase.io  # pylint: disable=g-import-not-at-top
+  row = _read_csv(run_outputs["test"]["csv"])[0]
+  with open(os.path.join(trained_run, "config.json")) as f:
+    folder = json.load(f)["data"]["path"]
+  atoms = ase.io.read(os.path.join(folder, row["id"] + ".json"))
+  atoms.set_cell([30.0, 30.0, 30.0])
+  atoms.center()
+  atoms.pbc = True
+  cif, poscar = str(tmp_path / "x.cif"), str(tmp_path / "POSCAR")
+  ase.io.write(cif, atoms)
+  ase.io.write(poscar, atoms, format="vasp")
+  csv_out = str(tmp_path / "preds.csv")
+  res = subprocess.run(
+      [sys.executable, "-m", "crystal.predict", f"--workdir={trained_run}",
+       "--structures", cif, poscar, f"--out={csv_out}"],
+      env=_env(), capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  rows = _read_csv(csv_out)
+  assert [r["file"] for r in rows] == [cif, poscar]
+  p = [float(r["prediction"]) for r in rows]
+  assert p[0] == pytest.approx(p[1], abs=1e-6)
+  assert p[0] == pytest.approx(float(row["prediction"]), abs=1e-4)
+  bad = subprocess.run(
+      [sys.executable, "-m", "crystal.predict", f"--workdir={trained_run}",
+       "--structures", str(tmp_path / "missing.cif"), f"--out={csv_out}"],
+      env=_env(), capture_output=True, text=True, timeout=600)
+  assert bad.returncode == 2 and "missing.cif" in bad.stderr
+
+
+def test_cross_validation_prints_table(pt_folder, tmp_path, capsys):
+  from noisy_nodes import train as train_cli  # pylint: disable=g-import-not-at-top
+  c = _config("cgcnn", "tiny", tmp_path / "cache", path=pt_folder,
+              cv_folds=2)
+  c.train.update(num_steps=2, eval_every=2, checkpoint_every=2, log_every=2)
+  summary = train_cli.run_cross_validation(c, str(tmp_path / "cv"))
+  table = capsys.readouterr().out
+  assert "mae" in table and "r2" in table and "mean" in table
+  with open(tmp_path / "cv" / "cv_results.json") as f:
+    res = json.load(f)
+  maes = [r["mae"] for r in res["folds"]]
+  assert len(maes) == 2
+  assert summary["mae"]["mean"] == pytest.approx(np.mean(maes))
+  assert summary["mae"]["std"] == pytest.approx(np.std(maes))
+  for k in range(2):
+    with open(tmp_path / "cv" / f"fold_{k}" / "config.json") as f:
+      assert json.load(f)["data"]["fold"] == k
