@@ -6,7 +6,8 @@ r"""Train any model of the library: ``python -m noisy_nodes.train``.
 
 Resumes from the latest checkpoint in ``--workdir`` if there is one. Multi-host
 runs pass ``--coordinator_address/--num_processes/--process_id`` (or the
-NN_* environment variables; see launch/). Exit status: 0 done, 2 bad input,
+NN_* environment variables; see launch/). Exit status: 0 done, 2 bad input
+or a checkpoint this run cannot resume (other device count),
 3 non-finite loss, 143 preempted (checkpoint written: rerun to resume).
 """
 import json
@@ -84,6 +85,9 @@ def main(argv):
   except DataError as e:
     logging.error("bad input: %s", e)
     print(f"error: bad input: {e}", file=sys.stderr)
+    sys.exit(2)
+  except trainer.ResumeError as e:
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except trainer.NonFiniteError as e:
     logging.error("%s", e)

@@ -47,6 +47,10 @@ class NonFiniteError(RuntimeError):
   pass
 
 
+class ResumeError(RuntimeError):
+  """The workdir's checkpoint cannot be resumed by this run (device count)."""
+
+
 class _SignalFlag:
   """SIGTERM/SIGINT -> finish the step, checkpoint, exit (preemption)."""
 
@@ -296,7 +300,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                      meta["data_positions"][first_shard:first_shard +
                                             exp.num_local])
     if len(meta["data_positions"]) != jax.device_count():
-      raise ValueError(
+      raise ResumeError(
           f"checkpoint in {workdir} was written with "
           f"{len(meta['data_positions'])} devices, this run has "
           f"{jax.device_count()}: exact resume needs the same device count")
