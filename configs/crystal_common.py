@@ -16,7 +16,8 @@ the variant tokens after ``:`` (joined by ``,`` ``+`` or ``_``):
   deeper   the DeeperGATGNN recipe on a baseline (DiffGroupNorm + residual
            skips, 10 convolutions as in paper §3.3).
   demo     small run for this 2-core machine: 200 generated Pt clusters of
-           5-15 atoms (made once, ~20 s, cached), 5 layers, 300 steps.
+           5-12 atoms (made once, ~20 s, cached), 5 layers, 200 steps of
+           100 graphs (~125 epochs), evaluated every 20.
   tiny     seconds-long run for the tests: 40 Pt10 clusters, width 16, 2
            layers, 6 steps.
 
@@ -94,9 +95,9 @@ def crystal_config(model: str, variant: str = "",
                  checkpoint_every=0, seed=0, max_to_keep=2,
                  skip_nonfinite=False, loss="l1")
   if "demo" in tokens:
-    c.data.generate.update(n=200, min_atoms=5, max_atoms=15)
+    c.data.generate.update(n=200, min_atoms=5, max_atoms=12)
     c.model.num_layers = 5
-    c.train.update(epochs=0, num_steps=300, log_every=25, eval_every=25,
+    c.train.update(epochs=0, num_steps=200, log_every=20, eval_every=20,
                    checkpoint_every=100)
     # 160 training graphs: patience 10 evaluations would never trigger.
     c.optim.plateau.patience = 3
