@@ -21,6 +21,11 @@ the variant tokens after ``:`` (joined by ``,`` ``+`` or ``_``):
   tiny     seconds-long run for the tests: 40 Pt10 clusters, width 16, 2
            layers, 6 steps.
 
+At the end of training the CLI writes predictions_<split>.csv,
+parity_<split>.png and metrics_<split>.json for val and test into the workdir
+(every fold's under cross-validation); ``--config.train.write_outputs=False``
+skips them.
+
 5-fold cross-validation: ``--config.data.cv_folds=5`` (``noisy_nodes.train``
 runs one fold per sub-directory and prints mean ± std of MAE, MSE and R^2).
 """
@@ -93,7 +98,7 @@ def crystal_config(model: str, variant: str = "",
                               min_lr=1e-5))
   c.train = dict(epochs=500, num_steps=0, log_every=20, eval_every=0,
                  checkpoint_every=0, seed=0, max_to_keep=2,
-                 skip_nonfinite=False, loss="l1")
+                 skip_nonfinite=False, loss="l1", write_outputs=True)
   if "demo" in tokens:
     c.data.generate.update(n=200, min_atoms=5, max_atoms=12)
     c.model.num_layers = 5

@@ -19,6 +19,7 @@ import logging
 import os
 from typing import Dict, Optional, Sequence
 
+import jax
 import numpy as np
 
 from noisy_nodes import plots
@@ -123,7 +124,9 @@ def write_outputs(workdir: str, splits: Sequence[str] = ("val", "test"),
     out_dir: where to write (default: ``workdir``).
   Returns:
     {split: {"metrics": {...}, "csv": path, "parity": path}} and
-    "learning_curve": {"png": path}.
+    "learning_curve": {"png": path}; {} on processes other than 0.
+  Multi-host: call on every process (the restore is collective); only
+  process 0 predicts and writes.
   """
   from noisy_nodes.engine import trainer  # pylint: disable=g-import-not-at-top
   out_dir = out_dir or workdir
@@ -144,6 +147,9 @@ def write_outputs(workdir: str, splits: Sequence[str] = ("val", "test"),
       last_error = e
   if exp is None:
     raise last_error
+  # Every process restores (orbax synchronises the hosts); one writes.
+  if jax.process_index() != 0:
+    return {}
   params = ts.ema_params if saved["optim"].get("ema_decay", 0) else ts.params
   result: Dict[str, Dict] = {}
   for split in splits:

@@ -23,6 +23,10 @@ DeeperGATGNN or a (deeper) baseline, as in the DeeperGATGNN reference
            normalisation (reference: none) with mean/std in the checkpoint.
   loss     L1 (reference) or MSE on normalised targets, real graphs only;
            metrics MAE, MSE and R^2 in target units.
+  outputs  once training ends (``noisy_nodes.train``, each CV fold):
+           predictions_<split>.csv, parity_<split>.png and
+           metrics_<split>.json in the workdir (``crystal.outputs``);
+           ``train.write_outputs=False`` skips them.
 
 Epochs: with ``train.epochs > 0`` the run length is ``epochs`` x
 ceil(n_train / batch.max_graphs) steps ("epoch-equivalents": dynamic batches
@@ -30,7 +34,7 @@ hold at most ``max_graphs`` graphs), and ``train.eval_every <= 0`` evaluates
 (and steps the plateau schedule) once per epoch-equivalent, as the
 reference does. ``setup`` writes these resolved values into the config.
 
-CrysGNN tasks (pre-training, distillation) live further down this module.
+CrysGNN tasks (pre-training, distillation): ``crystal.crysgnn.tasks``.
 """
 from __future__ import annotations
 
@@ -330,6 +334,30 @@ class CrystalPropertyTask(Task):
     return (f"{'deeper ' if deeper else ''}{m.name} "
             f"({m.get('num_layers', '?')} layers, dim {m.get('dim', '?')})")
 
+  def write_outputs(self, workdir: str) -> None:
+    """End of training: ``crystal.outputs.write_outputs(workdir)``.
+
+    Writes predictions_<split>.csv, parity_<split>.png and
+    metrics_<split>.json for the val and test splits (empty ones skipped)
+    plus learning_curve.png, from the best validation checkpoint, or from
+    the latest one when the run kept no best checkpoint (an empty
+    validation split is never evaluated). Every process restores; process 0
+    writes (``Task.write_outputs``).
+    """
+    # Imported here: only a finished run needs the plotting/restore modules.
+    from crystal import outputs  # pylint: disable=g-import-not-at-top
+    from noisy_nodes.engine import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+    ckpt = ckpt_lib.Checkpointer(workdir)
+    try:
+      which = "best" if ckpt.latest_step("best") is not None else "latest"
+    finally:
+      ckpt.close()
+    result = outputs.write_outputs(workdir, which=which)
+    for split in ("val", "test"):
+      if split in result:
+        logging.info("%s predictions (%s checkpoint): %s, %s", split, which,
+                     result[split]["csv"], result[split]["parity"])
+
 
 def _plain(cfg) -> Dict[str, Any]:
   """ConfigDict / mapping -> plain dict (tuples for lists)."""
@@ -337,6 +365,3 @@ def _plain(cfg) -> Dict[str, Any]:
     return {}
   items = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
   return {k: tuple(v) if isinstance(v, list) else v for k, v in items.items()}
-
-
-# -- CrysGNN tasks ------------------------------------------------------------------------

@@ -4,7 +4,10 @@ r"""Train any model of the library: ``python -m noisy_nodes.train``.
   python -m noisy_nodes.train --config=configs/deeper_gatgnn.py:demo \
       --workdir=runs/dg --config.data.path=my_folder --config.data.cv_folds=5
 
-Resumes from the latest checkpoint in ``--workdir`` if there is one. Multi-host
+Resumes from the latest checkpoint in ``--workdir`` if there is one. Once a
+run (each CV fold) finishes normally, the task's ``write_outputs`` hook leaves
+its end-of-run files in the workdir (crystal tasks: per-sample predictions
+csv, parity plot, metrics; off with ``train.write_outputs=False``). Multi-host
 runs pass ``--coordinator_address/--num_processes/--process_id`` (or the
 NN_* environment variables; see launch/). Exit status: 0 done, 2 bad input
 or a checkpoint this run cannot resume (other device count),
@@ -23,6 +26,7 @@ import noisy_nodes  # noqa: F401  (jraph compatibility shim)
 from noisy_nodes.engine import parallel
 from noisy_nodes.engine import trainer
 from noisy_nodes.structures import DataError
+from noisy_nodes.tasks import base as task_base
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/oc20.py:demo.",
@@ -36,6 +40,26 @@ _DIST = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                           "Initialise jax.distributed (auto: SLURM/TPU pod).")
 
 
+def write_outputs(config, workdir):
+  """``Task.write_outputs(workdir)`` after a run finished normally.
+
+  Called on every process: the hook restores a checkpoint, which is
+  collective across hosts; the task writes on process 0 only. Errors are
+  raised, with a log line saying the run itself is complete.
+  """
+  if not config.train.get("write_outputs", True):
+    return
+  cls = task_base.resolve_task(config.task)
+  if cls.write_outputs is task_base.Task.write_outputs:
+    return  # no outputs: do not build the task (teachers, corpora...)
+  try:
+    cls(config).write_outputs(workdir)
+  except Exception:
+    logging.error("training finished and its checkpoints are in %s, but "
+                  "writing the task's outputs failed", workdir)
+    raise
+
+
 def run_cross_validation(config, workdir):
   """k-fold CV: one run per fold in workdir/fold_<k>, then a summary table."""
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -47,6 +71,7 @@ def run_cross_validation(config, workdir):
       cfg.data.fold = fold
     fold_dir = os.path.join(workdir, f"fold_{fold}")
     trainer.train(cfg, fold_dir)
+    write_outputs(cfg, fold_dir)
     rows.append(trainer.evaluate(fold_dir, split="test", which="best"))
   keys = [k_ for k_ in rows[0] if isinstance(rows[0][k_], float)
           and k_ != "eval_seconds"]
@@ -82,6 +107,7 @@ def main(argv):
     else:
       metrics = trainer.train(config, _WORKDIR.value)
       print(json.dumps({"final_val": metrics}, default=float))
+      write_outputs(config, _WORKDIR.value)
   except DataError as e:
     logging.error("bad input: %s", e)
     print(f"error: bad input: {e}", file=sys.stderr)

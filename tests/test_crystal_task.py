@@ -1,6 +1,7 @@
 """CrystalPropertyTask through the engine: splits, metrics, loss, every model
 (and the deeper option) training, periodic-image invariance, the training
-CLI on a MatDeepLearn folder, k-fold CV, outputs and the predict CLI."""
+CLI on a MatDeepLearn folder and the outputs it leaves, k-fold CV (outputs
+per fold) and the predict CLI."""
 import csv
 import importlib.util
 import json
@@ -17,7 +18,7 @@ import noisy_nodes  # noqa: F401
 from noisy_nodes import batching
 from noisy_nodes.engine import optim, parallel
 from noisy_nodes.structures import DataError, Structure
-from crystal import generators, outputs, tasks
+from crystal import generators, tasks
 from crystal.io import write_matdeeplearn_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,32 +220,85 @@ def trained_run(pt_folder, tmp_path_factory):
   return workdir
 
 
-@pytest.fixture(scope="module")
-def run_outputs(trained_run):
-  return outputs.write_outputs(trained_run)
+def _check_outputs(workdir, sizes):
+  """The files the training CLI leaves in ``workdir`` (crystal.outputs), with
+  ``sizes[split]`` rows each; returns {split: (csv rows, metrics)}."""
+  res = {}
+  for split, n in sizes.items():
+    rows = _read_csv(os.path.join(workdir, f"predictions_{split}.csv"))
+    assert len(rows) == n and len({r["id"] for r in rows}) == n
+    true = np.array([float(r["target"]) for r in rows])
+    pred = np.array([float(r["prediction"]) for r in rows])
+    assert np.all(np.isfinite(true)) and np.all(np.isfinite(pred))
+    np.testing.assert_allclose([float(r["abs_error"]) for r in rows],
+                               np.abs(pred - true), rtol=1e-9)
+    with open(os.path.join(workdir, f"metrics_{split}.json")) as f:
+      metrics = json.load(f)
+    assert metrics["n"] == n and metrics["checkpoint"] == "best"
+    assert metrics["mae"] == pytest.approx(np.mean(np.abs(pred - true)))
+    assert metrics["mse"] == pytest.approx(np.mean((pred - true) ** 2))
+    with open(os.path.join(workdir, f"parity_{split}.png"), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    res[split] = (rows, metrics)
+  with open(os.path.join(workdir, "learning_curve.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  return res
 
 
-def test_train_cli_on_folder_and_outputs(trained_run, run_outputs, pt_folder):
+def test_train_cli_on_folder_leaves_outputs(trained_run, pt_folder):
+  """The CLI alone (no write_outputs call) leaves csv / png / json files."""
   with open(os.path.join(trained_run, "config.json")) as f:
     assert json.load(f)["data"]["path"] == pt_folder
-  out = run_outputs
-  rows = _read_csv(out["test"]["csv"])
   # 30 samples: 24 train, 1 val, 5 test (0.8/0.05/0.15).
-  assert len(rows) == 5 and len(_read_csv(out["val"]["csv"])) == 1
-  err = [abs(float(r["prediction"]) - float(r["target"])) for r in rows]
-  assert out["test"]["metrics"]["mae"] == pytest.approx(np.mean(err))
-  np.testing.assert_allclose([float(r["abs_error"]) for r in rows], err,
-                             rtol=1e-9)
-  for png in (out["test"]["parity"], out["learning_curve"]["png"]):
-    with open(png, "rb") as f:
-      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  out = _check_outputs(trained_run, {"val": 1, "test": 5})
+  with open(os.path.join(pt_folder, "targets.csv")) as f:
+    labels = {line.split(",")[0]: float(line.split(",")[1])
+              for line in f.read().split()}
+  for rows, _ in out.values():
+    for r in rows:
+      assert float(r["target"]) == pytest.approx(labels[r["id"]], rel=1e-12)
+  # The best checkpoint is the lowest validation MAE the run logged.
+  with open(os.path.join(trained_run, "metrics.jsonl")) as f:
+    val = [json.loads(l) for l in f if '"val"' in l]
+  val = [r for r in val if r.get("split") == "val"]
+  assert out["val"][1]["mae"] == pytest.approx(min(r["mae"] for r in val),
+                                               rel=1e-5)
 
 
-def test_predict_cli_on_cif_and_poscar(trained_run, run_outputs, tmp_path):
+def test_outputs_from_latest_checkpoint_without_best(trained_run, tmp_path):
+  """A run that kept no best checkpoint (its validation split was empty, so
+  never evaluated) gets its outputs from the latest checkpoint."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir, ignore=shutil.ignore_patterns(
+      "best", "predictions_*", "metrics_*", "parity_*"))
+  with open(os.path.join(workdir, "config.json")) as f:
+    cfg = ml_collections.ConfigDict(json.load(f))
+  tasks.CrystalPropertyTask(cfg).write_outputs(workdir)
+  with open(os.path.join(workdir, "metrics_test.json")) as f:
+    metrics = json.load(f)
+  assert metrics["checkpoint"] == "latest"
+  assert metrics["step"] == cfg.train.num_steps and metrics["n"] == 5
+  assert len(_read_csv(os.path.join(workdir, "predictions_test.csv"))) == 5
+
+
+def test_outputs_hook_only_for_property_tasks():
+  """Task.write_outputs does nothing by default: pre-training writes no
+  property predictions, distillation writes the student's."""
+  from noisy_nodes.tasks import base  # pylint: disable=g-import-not-at-top
+  from crystal.crysgnn import tasks as crysgnn_tasks  # pylint: disable=g-import-not-at-top
+  assert (crysgnn_tasks.CrysGNNPretrainTask.write_outputs
+          is base.Task.write_outputs)
+  assert (crysgnn_tasks.CrysGNNDistillTask.write_outputs
+          is tasks.CrystalPropertyTask.write_outputs)
+
+
+def test_predict_cli_on_cif_and_poscar(trained_run, tmp_path):
   """A test-split cluster in a 30 Å box (no image within 8 Å) written as CIF
-  and POSCAR gets the prediction write_outputs made for the cluster."""
+  and POSCAR gets the prediction the training CLI wrote for the cluster."""
   import ase.io  # pylint: disable=g-import-not-at-top
-  row = _read_csv(run_outputs["test"]["csv"])[0]
+  row = _read_csv(os.path.join(trained_run, "predictions_test.csv"))[0]
   with open(os.path.join(trained_run, "config.json")) as f:
     folder = json.load(f)["data"]["path"]
   atoms = ase.io.read(os.path.join(folder, row["id"] + ".json"))
@@ -287,5 +341,9 @@ def test_cross_validation_prints_table(pt_folder, tmp_path, capsys):
   assert summary["mae"]["mean"] == pytest.approx(np.mean(maes))
   assert summary["mae"]["std"] == pytest.approx(np.std(maes))
   for k in range(2):
-    with open(tmp_path / "cv" / f"fold_{k}" / "config.json") as f:
+    fold_dir = str(tmp_path / "cv" / f"fold_{k}")
+    with open(os.path.join(fold_dir, "config.json")) as f:
       assert json.load(f)["data"]["fold"] == k
+    # Every fold leaves its outputs: 15 test samples, 14 train + 1 val.
+    out = _check_outputs(fold_dir, {"val": 1, "test": 15})
+    assert out["test"][1]["mae"] == pytest.approx(maes[k], rel=1e-5)

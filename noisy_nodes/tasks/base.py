@@ -96,6 +96,18 @@ class Task(abc.ABC):
   def describe(self) -> str:
     return type(self).__name__
 
+  def write_outputs(self, workdir: str) -> None:
+    """Hook for what a finished run leaves in ``workdir`` (default: nothing).
+
+    The training CLI (``noisy_nodes.train``, every CV fold too) calls it on a
+    fresh task built from the run's config, once training has finished
+    normally and its final checkpoint is saved: never after preemption
+    (exit 143) or an error. It runs on every process, because restoring a
+    checkpoint is collective (orbax barriers) across hosts; implementations
+    write files on process 0 only (``jax.process_index() == 0``).
+    """
+    del workdir
+
 
 def resolve_task(name: str) -> Callable[..., Task]:
   """``config.task``: a registered short name or ``package.module:Class``."""
