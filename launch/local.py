@@ -19,8 +19,10 @@ devices; cross-process collectives then go through gloo on loopback. With
 ``--platform=gpu`` process i sees GPUs [i*D, (i+1)*D) via CUDA_VISIBLE_DEVICES.
 
 Output of every process is streamed line by line, prefixed with ``[i]``. When
-any process exits non-zero, or the timeout passes, the others are terminated
-(SIGTERM to their process group, SIGKILL after a grace period) so a crashed
+any process exits non-zero, the others get a grace period to end on their own
+(e.g. a preemption every host agreed on), then they — or all processes, when
+the timeout passes — are terminated (SIGTERM to their process group, SIGKILL
+after a grace period) so a crashed
 peer never leaves the rest blocked in a collective. The launcher exits with
 the first non-zero status, 0 if all succeeded. SIGTERM to the launcher is
 passed on to every process (the trainer checkpoints and exits 143), and the
@@ -132,6 +134,13 @@ def _command(module: str, args: Sequence[str]) -> List[str]:
   return [sys.executable, "-m", module, *args]
 
 
+def _wait_all(procs: Sequence[subprocess.Popen], seconds: float) -> None:
+  """Waits up to `seconds` for every process in `procs` to exit."""
+  deadline = time.monotonic() + seconds
+  while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+    time.sleep(0.05)
+
+
 def _stop(procs: Sequence[subprocess.Popen], grace: float) -> None:
   """SIGTERM then SIGKILL the process groups of the still-running `procs`."""
   running = [p for p in procs if p.poll() is None]
@@ -214,6 +223,10 @@ def launch_local(module: str, args: Sequence[str], num_processes: int,
         bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
         _note(stream, lock, f"process {bad[0]} exited with {codes[bad[0]]}; "
               "stopping the others")
+        # Peers often end on their own at the same step (a preemption all
+        # hosts agreed on, or the same data error): let them finish their
+        # checkpoint and exit with their own status before we signal them.
+        _wait_all(procs, grace)
         break
       if all(c == 0 for c in codes):
         break
