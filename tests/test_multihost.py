@@ -38,7 +38,10 @@ REPO = os.path.dirname(HERE)
 STEPS = 6
 FLAGS = [f"--config={HERE}/toy_config.py", f"--config.train.num_steps={STEPS}",
          "--config.train.checkpoint_every=3", "--config.train.eval_every=3",
-         "--config.train.log_every=1", "--config.optim.ema_decay=0.9"]
+         "--config.train.log_every=1", "--config.optim.ema_decay=0.9",
+         # The plateau rewrites the lr scale on the host after every
+         # evaluation: it must stay one global array that orbax can save.
+         "--config.optim.plateau.enabled=True"]
 
 # The CLI's main, with the checkpointer wrapped so that each process also
 # dumps every addressable copy of the state it just saved (one per local

@@ -11,7 +11,9 @@ def get_config(variant=""):
   c.batch = dict(max_nodes=64, max_edges=1024, max_graphs=8, shuffle=True,
                  prefetch=2, skip_oversized=False)
   c.optim = dict(optimizer="adam", lr=3e-3, b1=0.9, b2=0.999, schedule="constant",
-                 warmup_steps=0, init_lr=0.0, clip_norm=10.0, ema_decay=0.0)
+                 warmup_steps=0, init_lr=0.0, clip_norm=10.0, ema_decay=0.0,
+                 plateau=dict(enabled=False, factor=0.5, patience=0,
+                              min_lr=1e-5))
   c.train = dict(num_steps=20, log_every=5, eval_every=10, checkpoint_every=10,
                  seed=0, max_to_keep=3, skip_nonfinite=False)
   if variant == "noisy":

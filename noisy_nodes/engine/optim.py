@@ -18,6 +18,7 @@ from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -93,8 +94,17 @@ def set_lr_scale(opt_state, scale: float):
   """Returns ``opt_state`` with the plateau scale replaced (host side)."""
   hp = _hyperparams_state(opt_state)
   old = hp.hyperparams["lr_scale"]
-  hp.hyperparams["lr_scale"] = jax.device_put(
-      jnp.asarray(scale, old.dtype), getattr(old, "sharding", None))
+  value = np.asarray(scale, old.dtype)
+  sharding = getattr(old, "sharding", None)
+  if sharding is None:
+    hp.hyperparams["lr_scale"] = jnp.asarray(value)
+  else:
+    # Every process computes the same scale (the plateau sees the same
+    # all-reduced metric), so each builds its own shards of one global array.
+    # device_put of a host value onto a multi-process sharding would not give
+    # one shard per device, which orbax then refuses to save.
+    hp.hyperparams["lr_scale"] = jax.make_array_from_callback(
+        value.shape, sharding, lambda index: value[index])
   return opt_state
 
 
