@@ -39,7 +39,7 @@ GOAL_SPEEDUP, GOAL_MEMORY_MB = 3.0, 1000.0
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(depth: int, cache_dir: str):
+def _config(depth: int, cache_dir: str, remat: bool = True):
   import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location(
       "deeper_gatgnn_config", os.path.join(ROOT, "configs", "deeper_gatgnn.py"))
@@ -47,6 +47,7 @@ def _config(depth: int, cache_dir: str):
   spec.loader.exec_module(module)
   c = module.get_config("")
   c.model.num_layers = depth
+  c.model.remat = remat
   c.data.cache_dir = cache_dir
   c.data.graph_cache = False
   return c
@@ -64,7 +65,7 @@ def child(args) -> dict:
   from crystal import tasks  # pylint: disable=g-import-not-at-top
   from crystal.models import count_params  # pylint: disable=g-import-not-at-top
 
-  config = _config(args.depth, os.path.dirname(args.data))
+  config = _config(args.depth, os.path.dirname(args.data), args.remat == "on")
   structures = load_structures(args.data)
   task = tasks.CrystalPropertyTask(config)
   task.featurizer = task.featurizer.fit(structures)
@@ -140,6 +141,9 @@ def main():
   p.add_argument("--epochs", type=int, default=3)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--remat", choices=("on", "off"), default="on",
+                 help="rematerialise each layer in the backward pass (the "
+                      "config default) or keep every layer's activations")
   p.add_argument("--json", default="", help="also write the results here")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--depth", type=int, default=20, help=argparse.SUPPRESS)
@@ -161,7 +165,8 @@ def main():
     for depth in args.depths:
       cmd = [sys.executable, os.path.abspath(__file__), "--child",
              f"--depth={depth}", f"--data={data}", f"--batch={args.batch}",
-             f"--epochs={args.epochs}", f"--repeats={args.repeats}"]
+             f"--epochs={args.epochs}", f"--repeats={args.repeats}",
+             f"--remat={args.remat}"]
       res = subprocess.run(cmd, env=env, capture_output=True, text=True)
       line = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
       if res.returncode or not line:
@@ -172,6 +177,7 @@ def main():
   r0 = rows[0]
   print(f"\n{args.n} Pt10 clusters, batch {args.batch} "
         f"({r0['nodes_per_batch']} nodes, {r0['edges_per_batch']} edges), "
+        f"remat {args.remat}, "
         f"{r0['devices']}, os.cpu_count()={os.cpu_count()}, load average "
         f"{os.getloadavg()[0]:.1f}")
   print(f"{'layers':>6} {'params':>9} {'train g/s':>16} {'infer g/s':>16} "

@@ -39,7 +39,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       graph_cache=True,
   )
   c.model = dict(name="gatgnn", dim=64, num_layers=10, heads=4,
-                 activation="softplus", deeper=True, post_fc_layers=1)
+                 activation="softplus", deeper=True, post_fc_layers=1,
+                 remat=True)
   c.batch = dict(max_nodes=0, max_edges=0, max_graphs=32, shuffle=True,
                  prefetch=2, skip_oversized=False, edge_margin=1.0)
   c.optim = dict(optimizer="adam", lr=1e-3, b1=0.9, b2=0.999,
@@ -47,7 +48,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                  clip_norm=10.0, ema_decay=0.0)
   c.train = dict(num_steps=20000, epochs=0, log_every=100, eval_every=1000,
                  checkpoint_every=1000, seed=0, max_to_keep=3,
-                 skip_nonfinite=False, loss="mse")
+                 skip_nonfinite=False, loss="mse", write_outputs=True)
   if variant in ("demo", "finetune"):
     c.data.generate.n = 300
     c.model.update(num_layers=4)

@@ -55,10 +55,14 @@ def model_settings(model: str, deeper: bool):
     return dict(dim=64, num_layers=20 if deeper else 5, heads=4,
                 activation="softplus", dropout_rate=0.0, deeper=deeper,
                 post_fc_layers=1, global_fc_layers=2, dgn_groups=10,
-                dgn_lamda=0.01)
+                dgn_lamda=0.01,
+                # Rematerialising each AGAT layer keeps [N, D] per layer
+                # instead of several [E, 4·D] edge arrays: half the memory
+                # and faster on CPU (benchmarks/crystal_bench.py).
+                remat=True)
   base = dict(dim=100, num_layers=10 if deeper else 4, post_fc_layers=3,
               pool={"schnet": "max"}.get(model, "mean"), dropout_rate=0.0,
-              deeper=deeper)
+              deeper=deeper, remat=False)
   if model == "schnet":
     base["cutoff"] = 8.0
   return base

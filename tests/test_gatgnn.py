@@ -280,3 +280,36 @@ def test_compile_time_flat_in_depth():
   t5 = min(compile_seconds(5) for _ in range(2))
   t30 = min(compile_seconds(30) for _ in range(2))
   assert t30 / t5 < 2.5, (t5, t30)
+
+
+def test_remat_gives_the_same_outputs_state_and_gradients():
+  """``remat=True`` only changes what the backward pass stores."""
+  _, g = _batch()
+  plain, remat = _model(), _model(remat=True)
+  params, state = plain.init(jax.random.PRNGKey(0), g, True)
+
+  def loss_and_grad(f):
+    def loss(p):
+      out, new_state = f.apply(p, state, None, g, True)
+      return jnp.sum(out["graph"] ** 2), new_state
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+  (l0, s0), g0 = loss_and_grad(plain)
+  (l1, s1), g1 = loss_and_grad(remat)
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves((s0, g0)),
+                  jax.tree_util.tree_leaves((s1, g1))):
+    np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-7)
+
+
+def test_softplus_matches_jax_with_its_derivatives():
+  x = jnp.asarray(np.r_[np.linspace(-110.0, 110.0, 20001), 20.0, 19.99,
+                        20.01].astype(np.float32))
+  from noisy_nodes import nn as nn_lib  # pylint: disable=g-import-not-at-top
+  np.testing.assert_allclose(nn_lib.softplus(x), jax.nn.softplus(x),
+                             rtol=1e-6, atol=1e-6)
+  grad = jax.vmap(jax.grad(nn_lib.softplus))(x)
+  np.testing.assert_allclose(grad, jax.nn.sigmoid(x), rtol=1e-6, atol=1e-7)
+  second = jax.vmap(jax.grad(jax.grad(nn_lib.softplus)))(x[::100])
+  s = jax.nn.sigmoid(x[::100])
+  np.testing.assert_allclose(second, s * (1 - s), rtol=1e-4, atol=1e-6)

@@ -42,7 +42,7 @@ class CGConv(hk.Module):
     if self.gate_norm:
       gates = nn_lib.MaskedBatchNorm(name="gate_norm")(gates, edge_mask,
                                                        is_training)
-    msg = jax.nn.sigmoid(gates[:, :d]) * jax.nn.softplus(gates[:, d:])
+    msg = jax.nn.sigmoid(gates[:, :d]) * nn_lib.softplus(gates[:, d:])
     if self.aggregation == "mean":
       agg = nn_lib.segment_mean(msg, receivers, n, edge_mask)
     else:
@@ -60,8 +60,10 @@ class CGCNN(hk.Module):
                dropout_rate: float = 0.0, deeper: bool = False,
                norm: Optional[str] = None, residual: Optional[bool] = None,
                aggregation: str = "mean", gate_norm: bool = False,
+               remat: bool = False,
                name: Optional[str] = None):
     super().__init__(name=name)
+    self.remat = remat
     self.num_targets = num_targets
     self.dim = dim
     self.num_layers = num_layers
@@ -89,7 +91,7 @@ class CGCNN(hk.Module):
     x, _ = stack.scanned_stack(layer, x, self.num_layers,
                                residual=self.residual,
                                dropout_rate=self.dropout_rate,
-                               is_training=is_training)
+                               is_training=is_training, remat=self.remat)
     pooled = pooling.pool_nodes(x, g.node_graph, g.num_graphs, g.node_mask,
                                 self.pool)
     out = stack.output_head(pooled, [self.dim] * self.post_fc_layers,

@@ -59,8 +59,11 @@ class AGATLayer(hk.Module):
     shape = (-1, self.heads, self.dim)
     u_i = self.act(xw[receivers] + ew).reshape(shape)          # [E, H, D]
     u_j = self.act(xw[senders] + ew).reshape(shape)
-    logits = self.act(jnp.einsum("ehd,hd->eh", u_i, att[:, :self.dim]) +
-                      jnp.einsum("ehd,hd->eh", u_j, att[:, self.dim:]))
+    # Σ_d [u_i ‖ u_j]_hd att_hd as a broadcast multiply + sum: on CPU XLA
+    # fuses it with the activation that produces u, where an einsum becomes a
+    # batched dot over E·H tiny [1, D] x [D, 1] products (about 2x slower).
+    logits = self.act((u_i * att[:, :self.dim]).sum(-1) +
+                      (u_j * att[:, self.dim:]).sum(-1))
     logits = self.act(nn_lib.MaskedBatchNorm(name="head_norm")(
         logits, edge_mask, is_training))
     alpha = pooling.segment_softmax(logits, receivers, n, edge_mask)
@@ -85,8 +88,10 @@ class GATGNN(hk.Module):
                residual: Optional[bool] = None, post_fc_layers: int = 1,
                global_fc_layers: int = 2, dgn_groups: int = 10,
                dgn_lamda: float = 0.01, output_attention: bool = False,
+               remat: bool = False,
                name: Optional[str] = None):
     super().__init__(name=name)
+    self.remat = remat
     self.num_targets = num_targets
     self.dim = dim
     self.num_layers = num_layers
@@ -122,7 +127,8 @@ class GATGNN(hk.Module):
 
     x, alphas = stack.scanned_stack(
         layer, x, self.num_layers, residual=self.residual,
-        dropout_rate=self.dropout_rate, is_training=is_training)
+        dropout_rate=self.dropout_rate, is_training=is_training,
+        remat=self.remat)
     pooled, weights = pooling.GlobalAttentionPool(
         self.dim, self.global_fc_layers, self.activation,
         name="global_attention")(x, g.composition, g.node_graph,

@@ -62,8 +62,10 @@ class MEGNet(hk.Module):
                fc_layers: int = 2, pool: str = "mean",
                activation: str = "relu", dropout_rate: float = 0.0,
                deeper: bool = False, norm: Optional[str] = None,
-               residual: Optional[bool] = None, name: Optional[str] = None):
+               residual: Optional[bool] = None, remat: bool = False,
+               name: Optional[str] = None):
     super().__init__(name=name)
+    self.remat = remat
     self.num_targets = num_targets
     self.dim = dim
     self.num_layers = num_layers
@@ -119,7 +121,7 @@ class MEGNet(hk.Module):
     carry, _ = stack.scanned_stack(layer, carry, self.num_layers,
                                    residual=self.residual,
                                    dropout_rate=self.dropout_rate,
-                                   is_training=is_training)
+                                   is_training=is_training, remat=self.remat)
     x = carry["nodes"]
     e_per_node = pooling.pool_nodes(carry["edges"], g.receivers, n,
                                     g.edge_mask, self.pool)

@@ -43,8 +43,10 @@ class MPNN(hk.Module):
                edge_hidden: Optional[int] = None, pool: str = "mean",
                activation: str = "relu", dropout_rate: float = 0.0,
                deeper: bool = False, norm: Optional[str] = None,
-               residual: Optional[bool] = None, name: Optional[str] = None):
+               residual: Optional[bool] = None, remat: bool = False,
+               name: Optional[str] = None):
     super().__init__(name=name)
+    self.remat = remat
     self.num_targets = num_targets
     self.dim = dim
     self.num_layers = num_layers
@@ -72,7 +74,7 @@ class MPNN(hk.Module):
     x, _ = stack.scanned_stack(layer, x, self.num_layers,
                                residual=self.residual,
                                dropout_rate=self.dropout_rate,
-                               is_training=is_training)
+                               is_training=is_training, remat=self.remat)
     pooled = pooling.pool_nodes(x, g.node_graph, g.num_graphs, g.node_mask,
                                 self.pool)
     out = stack.output_head(pooled, [self.dim] * self.post_fc_layers,

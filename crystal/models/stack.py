@@ -64,6 +64,7 @@ def dropout(x: jnp.ndarray, rate: float, is_training: bool) -> jnp.ndarray:
 def scanned_stack(layer_fn: Callable[[Any, jnp.ndarray], Tuple[Any, Any]],
                   carry: Any, num_layers: int, *, residual: bool,
                   dropout_rate: float, is_training: bool,
+                  remat: bool = False,
                   name: str = "conv_stack") -> Tuple[Any, Any]:
   """Applies ``layer_fn`` ``num_layers`` times with unshared parameters.
 
@@ -78,6 +79,9 @@ def scanned_stack(layer_fn: Callable[[Any, jnp.ndarray], Tuple[Any, Any]],
       skip connection, paper §2.3), leaf by leaf.
     dropout_rate: dropout on every leaf of the carry after each layer.
     is_training: enables dropout (and training-mode norms inside layer_fn).
+    remat: rematerialise each layer in the backward pass: only the carry is
+      kept per layer (e.g. [N, D] instead of several [E, heads·D] edge
+      arrays for AGAT), at the cost of one more forward pass per step.
   Returns:
     (final carry, aux stacked over layers with leading axis [L]).
   """
@@ -92,6 +96,8 @@ def scanned_stack(layer_fn: Callable[[Any, jnp.ndarray], Tuple[Any, Any]],
         lambda v: dropout(v, dropout_rate, is_training), new)
     return new, aux
 
+  if remat:
+    body = hk.remat(body)
   stacked = hk.layer_stack(num_layers, with_per_layer_inputs=True,
                            name=name)(body)
   return stacked(carry, jnp.arange(num_layers))
