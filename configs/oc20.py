@@ -15,7 +15,7 @@ Variant string: comma-separated tokens, e.g. ``is2rs,10x10`` or ``demo``:
   pos_only IS2RS without the energy loss (Table 3 "+ Pos only").
   no_noise the "No Noise" ablation: σ = 0, no frame sampling, no node loss.
   remat    rematerialise message-passing steps (deep models, less memory).
-  demo     EMT data generated on first use (1,600/200/200 systems, ~4 min
+  demo     EMT data generated on first use (1,600/200/200 systems, ~5 min
            on 2 cores), a 2 x 3 GNS of width 64 sized for 2 CPU cores
            (~10 minutes end to end).
   tiny     a few EMT systems and a minimal model, for tests.

@@ -10,6 +10,7 @@ from absl import app
 from absl import flags
 
 import noisy_nodes  # noqa: F401
+from noisy_nodes.engine import logger
 from noisy_nodes.engine import parallel
 from noisy_nodes.engine import trainer
 from noisy_nodes.structures import DataError
@@ -30,6 +31,7 @@ _DIST = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
 
 def main(argv):
   del argv
+  logger.quiet_library_logs()
   parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value,
                                   _DIST.value)
   overrides = {"data.path": _DATA.value} if _DATA.value else None

@@ -23,6 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
+from noisy_nodes.engine import logger
 from noisy_nodes.engine import parallel
 from noisy_nodes.engine import trainer
 from noisy_nodes.structures import DataError
@@ -98,6 +99,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
+  logger.quiet_library_logs()
   parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value,
                                   _DIST.value)
   config = _CONFIG.value

@@ -13,6 +13,38 @@ from typing import Any, Dict, Optional
 
 import jax
 
+# Libraries whose INFO lines drown the training log: orbax writes ~25 lines per
+# checkpoint save (and absl routes them all through one "absl" logger, so they
+# cannot be silenced by logger name), matplotlib announces its font cache.
+_QUIET_PATHS = (os.sep + "orbax" + os.sep, os.sep + "matplotlib" + os.sep)
+
+
+class _LibraryInfoFilter(logging.Filter):
+  """Drops records below WARNING emitted from files under ``_QUIET_PATHS``."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+      return True
+    return not any(p in record.pathname for p in _QUIET_PATHS)
+
+
+def quiet_library_logs() -> None:
+  """Hides orbax/matplotlib INFO lines (warnings and errors still show).
+
+  Set ``NN_LIBRARY_LOGS=1`` to keep them (debugging checkpointing).
+  """
+  if os.environ.get("NN_LIBRARY_LOGS", "") not in ("", "0"):
+    return
+  handlers = list(logging.getLogger().handlers)
+  try:
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    handlers.append(absl_logging.get_absl_handler())
+  except ImportError:
+    pass
+  for h in handlers:
+    if not any(isinstance(f, _LibraryInfoFilter) for f in h.filters):
+      h.addFilter(_LibraryInfoFilter())
+
 
 class MetricLogger:
   """Writes one JSON object per (step, split) and TensorBoard scalars."""

@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import functools
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -254,6 +255,16 @@ def _pinned_threads():
         os.environ[k] = v
 
 
+_LOG_SECONDS = 30.0  # progress line interval while generating
+
+
+def _format_seconds(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(round(seconds)), 60)
+  return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
 def generate_structures(n: int, seed: int, workers: int = 2,
                         max_steps: int = MAX_STEPS) -> List[Structure]:
   """The first ``n`` converged samples of indices 0, 1, 2, ... (ordered).
@@ -262,8 +273,9 @@ def generate_structures(n: int, seed: int, workers: int = 2,
   process (BLAS threads limited with threadpoolctl when it is installed).
   """
   out: List[Structure] = []
-  next_index = 0
+  next_index = done = 0
   pool = None
+  t0 = last_log = time.time()
   try:
     if workers >= 1:
       with _pinned_threads():  # inherited by the spawned interpreters
@@ -274,13 +286,26 @@ def generate_structures(n: int, seed: int, workers: int = 2,
                          (n - len(out)) // 50))
       next_index = chunk[-1] + 1
       jobs = [(i, seed, max_steps) for i in chunk]
-      if pool is not None:
-        results = pool.map(_work, jobs,
-                           chunksize=max(1, len(jobs) // (4 * workers)))
+      if pool is not None:  # imap keeps the index order
+        results = pool.imap(_work, jobs,
+                            chunksize=max(1, len(jobs) // (20 * workers)))
+        context = contextlib.nullcontext()
       else:
-        with _limit_blas_threads():
-          results = [_work(j) for j in jobs]
-      out.extend(r for r in results if r is not None)
+        context = _limit_blas_threads()
+        results = map(_work, jobs)
+      with context:
+        for r in results:
+          done += 1
+          if r is not None:
+            out.append(r)
+          now = time.time()
+          if now - last_log >= _LOG_SECONDS:
+            last_log = now
+            rate = len(out) / max(now - t0, 1e-9)
+            eta = (n - len(out)) / rate if rate > 0 else float("inf")
+            logging.info("EMT relaxations: %d/%d converged (%d run), "
+                         "%.1f/s, ETA %s", len(out), n, done, rate,
+                         _format_seconds(eta))
       if next_index > 2 * n + 20:
         raise RuntimeError(f"too many EMT relaxations failed to converge "
                            f"({len(out)} of {n} after {next_index})")
@@ -288,6 +313,8 @@ def generate_structures(n: int, seed: int, workers: int = 2,
     if pool is not None:
       pool.close()
       pool.join()
+  logging.info("EMT relaxations: %d converged of %d run in %s", n, done,
+               _format_seconds(time.time() - t0))
   return out[:n]
 
 
@@ -361,6 +388,11 @@ def ensure_dataset(cache_dir: str, n_train: int, n_val: int, n_test: int,
     shutil.rmtree(final)  # stale or different settings: regenerate
   os.makedirs(cache_dir, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=cache_dir)
+  n = n_train + n_val + n_test
+  logging.info("generating the EMT data set %s once into %s: %d BFGS "
+               "relaxations on %d workers, about %.0f minutes (0.3 s each per "
+               "worker)", name, final, n, workers,
+               max(1.0, 0.3 * n / max(workers, 1) / 60))
   try:
     generate(n_train + n_val + n_test, seed, workers, out_dir=tmp,
              split_sizes=sizes)
