@@ -16,7 +16,8 @@ Measures, in one process:
      the same step with the scans fully unrolled (XLA counts a while-loop
      body once); time is the median of ``--timed`` runs of the scanned
      step. Reported as a fraction of a 2048x2048 fp32 matmul's FLOP/s
-     measured in the same process (goal: as high as possible).
+     measured in the same process right after each timed step (the median
+     of the pairs' ratios; goal >= 50 %).
   2. Compile time of the training step at 10, 50 and 100 message-passing
      steps (goal: 100 <= 1.5x 10; depth is scanned).
   3. Node/edge padding utilisation of the dynamic batches over one epoch
@@ -204,20 +205,23 @@ def flops_rows(task, batch, args):
   params, state, opt_state, b = init
   out = compiled(params, state, opt_state, b)
   jax.block_until_ready(out)
-  times = []
+  # Interleaved: a shared VM's speed drifts by 2x over minutes, so each step
+  # timing is paired with a matmul timing taken right after it.
+  times, mms, ratios = [], [], []
   for _ in range(args.timed):
     t0 = time.perf_counter()
     jax.block_until_ready(compiled(params, state, opt_state, b))
     times.append(time.perf_counter() - t0)
-  step_s = statistics.median(times)
-  mm = matmul_flops_per_s()
+    mms.append(matmul_flops_per_s(repeats=5))
+    ratios.append(flops / times[-1] / mms[-1])
+  step_s, mm = statistics.median(times), statistics.median(mms)
   rows.append(("train step (%d MP steps), s" % args.steps, f"{step_s:.3f}",
                ""))
   rows.append(("train step FLOPs (cost_analysis)", f"{flops / 1e9:.1f} G", ""))
   rows.append(("train step FLOP/s", f"{flops / step_s / 1e9:.1f} G", ""))
   rows.append(("2048 fp32 matmul FLOP/s", f"{mm / 1e9:.1f} G", ""))
-  rows.append(("step FLOP/s / matmul FLOP/s", f"{flops / step_s / mm:.2f}",
-               "high"))
+  rows.append(("step FLOP/s / matmul FLOP/s (median of pairs)",
+               f"{statistics.median(ratios):.2f}", ">= 0.5"))
   del compiled
   return rows
 

@@ -91,8 +91,9 @@ class _Block(hk.Module):
       mlp = lambda name: nn.MLP(sizes,
                                 activation=self.activation, layer_norm=True,
                                 name=name)
-      de = mlp("edge_mlp")(jnp.concatenate(
-          [e, v[senders], v[receivers]], axis=-1))
+      # = MLP_e(concat([e, v[senders], v[receivers]])), with the node blocks
+      # of the first layer applied per node before gathering (nn.MLP parts).
+      de = mlp("edge_mlp")(parts=[e, v, v], rows=[None, senders, receivers])
       incoming = jax.ops.segment_sum(de * emask, receivers, num_nodes)
       dv = mlp("node_mlp")(jnp.concatenate([v, incoming], axis=-1))
       return v + dv, e + de

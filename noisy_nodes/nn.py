@@ -152,9 +152,46 @@ class MaskedBatchNorm(hk.Module):
     return jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), y, 0.0)
 
 
+class GatheredLinear(hk.Module):
+  """``concat([parts[k][rows[k]] for k]) @ w + b`` without the concatenation.
+
+  Same parameters (``w`` [sum F_k, out], ``b`` [out]) and initialisation as
+  ``hk.Linear`` on the concatenated input, so the two are interchangeable in
+  a checkpoint. Each part is multiplied by its block of ``w`` *before* its
+  rows are gathered: for an interaction network's edge update
+  ``MLP([e, v[senders], v[receivers]])`` the node blocks cost N·F·out
+  instead of E·F·out each (E ~ 12 N), a third of the first layer's FLOPs.
+  """
+
+  def __init__(self, output_size: int, name: Optional[str] = None):
+    super().__init__(name=name)
+    self.output_size = output_size
+
+  def __call__(self, parts: Sequence[jnp.ndarray],
+               rows: Sequence[Optional[jnp.ndarray]]) -> jnp.ndarray:
+    sizes = [p.shape[-1] for p in parts]
+    fan_in = sum(sizes)
+    dtype = parts[0].dtype
+    w = hk.get_parameter("w", [fan_in, self.output_size], dtype,
+                         hk.initializers.TruncatedNormal(1.0 / fan_in ** 0.5))
+    b = hk.get_parameter("b", [self.output_size], dtype, jnp.zeros)
+    out, start = None, 0
+    for part, index, size in zip(parts, rows, sizes):
+      y = part @ w[start:start + size]
+      start += size
+      if index is not None:
+        y = y[index]
+      out = y if out is None else out + y
+    return out + b
+
+
 class MLP(hk.Module):
   """Linear layers with an activation between them (none after the last),
-  optionally followed by LayerNorm (the GNS convention)."""
+  optionally followed by LayerNorm (the GNS convention).
+
+  Call with an array ``x`` [R, F], or with ``parts`` and ``rows`` to feed the
+  concatenation of gathered parts (see ``GatheredLinear``) to the first layer.
+  """
 
   def __init__(self, sizes: Sequence[int], activation: str = "relu",
                activate_final: bool = False, layer_norm: bool = False,
@@ -165,9 +202,15 @@ class MLP(hk.Module):
     self.activate_final = activate_final
     self.layer_norm = layer_norm
 
-  def __call__(self, x):
+  def __call__(self, x=None, *, parts=None, rows=None):
+    if (x is None) == (parts is None):
+      raise ValueError("MLP needs exactly one of x or parts")
     for i, size in enumerate(self.sizes):
-      x = hk.Linear(size, name=f"linear_{i}")(x)
+      if i == 0 and parts is not None:
+        x = GatheredLinear(size, name="linear_0")(
+            parts, rows if rows is not None else [None] * len(parts))
+      else:
+        x = hk.Linear(size, name=f"linear_{i}")(x)
       if i < len(self.sizes) - 1 or self.activate_final:
         x = self.act(x)
     if self.layer_norm:

@@ -305,3 +305,38 @@ def test_mlp_hidden_size():
   assert w("node_encoder", 1) == (24, 24) and w("node_encoder", 2) == (24, 8)
   assert w("node_decoder", 2) == (24, 3)
   assert w("graph_decoder_processor_mlp", 2) == (24, 8)
+
+
+def test_gathered_first_layer_equals_mlp_of_the_concatenation():
+  """The edge MLP's first layer applied per node before gathering (what the
+  interaction network does) has the parameters, initialisation, outputs and
+  gradients of nn.MLP on concat([e, v[senders], v[receivers]])."""
+  from noisy_nodes import nn  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  e = jnp.asarray(rng.normal(size=(60, 6)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(12, 5)), jnp.float32)
+  s = jnp.asarray(rng.integers(0, 12, 60))
+  r = jnp.asarray(rng.integers(0, 12, 60))
+
+  def mlp():
+    return nn.MLP([16, 7], activation="shifted_softplus", layer_norm=True,
+                  name="edge_mlp")
+
+  concat = hk.without_apply_rng(hk.transform(
+      lambda e, v: mlp()(jnp.concatenate([e, v[s], v[r]], axis=-1))))
+  gathered = hk.without_apply_rng(hk.transform(
+      lambda e, v: mlp()(parts=[e, v, v], rows=[None, s, r])))
+  p1 = concat.init(jax.random.PRNGKey(3), e, v)
+  p2 = gathered.init(jax.random.PRNGKey(3), e, v)
+  assert jax.tree_util.tree_structure(p1) == jax.tree_util.tree_structure(p2)
+  for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(gathered.apply(p1, e, v), concat.apply(p1, e, v),
+                             atol=1e-5)
+  loss = lambda f: lambda p, v: jnp.sum(f.apply(p, e, v) ** 2)
+  g1 = jax.grad(loss(concat), argnums=(0, 1))(p1, v)
+  g2 = jax.grad(loss(gathered), argnums=(0, 1))(p1, v)
+  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="exactly one"):
+    hk.transform(lambda: mlp()()).init(jax.random.PRNGKey(0))
