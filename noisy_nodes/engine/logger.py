@@ -46,6 +46,14 @@ def quiet_library_logs() -> None:
       h.addFilter(_LibraryInfoFilter())
 
 
+def format_seconds(seconds: float) -> str:
+  """H:MM:SS for progress lines ("?" when not finite)."""
+  if seconds != seconds or seconds in (float("inf"), float("-inf")):
+    return "?"
+  secs = int(seconds)
+  return f"{secs // 3600:d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+
+
 class MetricLogger:
   """Writes one JSON object per (step, split) and TensorBoard scalars."""
 
@@ -96,8 +104,7 @@ class MetricLogger:
     if not self.total_steps or step <= self._step0:
       return "?"
     rate = (time.time() - self._t0) / (step - self._step0)
-    secs = int(rate * (self.total_steps - step))
-    return f"{secs // 3600:d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+    return format_seconds(rate * (self.total_steps - step))
 
   def close(self):
     if self._tb is not None:

@@ -258,13 +258,6 @@ def _pinned_threads():
 _LOG_SECONDS = 30.0  # progress line interval while generating
 
 
-def _format_seconds(seconds: float) -> str:
-  if not np.isfinite(seconds):
-    return "?"
-  m, s = divmod(int(round(seconds)), 60)
-  return f"{m // 60}:{m % 60:02d}:{s:02d}"
-
-
 def generate_structures(n: int, seed: int, workers: int = 2,
                         max_steps: int = MAX_STEPS) -> List[Structure]:
   """The first ``n`` converged samples of indices 0, 1, 2, ... (ordered).
@@ -272,6 +265,8 @@ def generate_structures(n: int, seed: int, workers: int = 2,
   ``workers`` >= 1 spawns that many pinned worker processes; 0 runs in this
   process (BLAS threads limited with threadpoolctl when it is installed).
   """
+  # Here, not at the top: spawned workers import this module and need no jax.
+  from noisy_nodes.engine.logger import format_seconds  # pylint: disable=g-import-not-at-top
   out: List[Structure] = []
   next_index = done = 0
   pool = None
@@ -305,7 +300,7 @@ def generate_structures(n: int, seed: int, workers: int = 2,
             eta = (n - len(out)) / rate if rate > 0 else float("inf")
             logging.info("EMT relaxations: %d/%d converged (%d run), "
                          "%.1f/s, ETA %s", len(out), n, done, rate,
-                         _format_seconds(eta))
+                         format_seconds(eta))
       if next_index > 2 * n + 20:
         raise RuntimeError(f"too many EMT relaxations failed to converge "
                            f"({len(out)} of {n} after {next_index})")
@@ -314,7 +309,7 @@ def generate_structures(n: int, seed: int, workers: int = 2,
       pool.close()
       pool.join()
   logging.info("EMT relaxations: %d converged of %d run in %s", n, done,
-               _format_seconds(time.time() - t0))
+               format_seconds(time.time() - t0))
   return out[:n]
 
 
