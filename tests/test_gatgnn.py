@@ -131,6 +131,23 @@ def test_agat_layer_matches_a_direct_numpy_computation_of_eq_1():
   np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-5)
 
 
+def test_head_dot_and_its_hand_written_gradient():
+  from crystal.models import gatgnn  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  u = rng.normal(size=(37, 4 * 6)).astype(np.float32)
+  att = rng.normal(size=(4, 6)).astype(np.float32)
+  cot = rng.normal(size=(37, 4)).astype(np.float32)
+
+  def direct(u, att):
+    return jnp.einsum("ehd,hd->eh", u.reshape(-1, 4, 6), att)
+  np.testing.assert_allclose(gatgnn.head_dot(u, att), direct(u, att),
+                             rtol=1e-5, atol=1e-5)
+  got = jax.vjp(gatgnn.head_dot, u, att)[1](cot)
+  want = jax.vjp(direct, u, att)[1](cot)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
 def test_segment_softmax_matches_numpy_and_ignores_mask():
   rng = np.random.RandomState(1)
   logits = rng.randn(9, 2).astype(np.float32) * 30  # large: needs the shift

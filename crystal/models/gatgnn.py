@@ -33,6 +33,34 @@ def _block_diagonal(att: jnp.ndarray) -> jnp.ndarray:
   return (att[:, :, None] * eye[:, None, :]).reshape(heads * dim, heads)
 
 
+@jax.custom_vjp
+def head_dot(u: jnp.ndarray, att: jnp.ndarray) -> jnp.ndarray:
+  """Per-head dot products: u [E, H·D], att [H, D] -> [E, H].
+
+  Σ_d u[e, h·D + d] att[h, d], as ``u @ blockdiag(att)``: a plain matmul
+  where the multiply + sum over D becomes separate reduce kernels on XLA:CPU
+  (AGAT layer forward 2.2x faster).
+  """
+  return u @ _block_diagonal(att)
+
+
+def _head_dot_fwd(u, att):
+  return head_dot(u, att), (u, att)
+
+
+def _head_dot_bwd(res, g):
+  u, att = res
+  heads, dim = att.shape
+  # g.T @ u is [H, H·D]; its diagonal blocks are the gradient. XLA's own
+  # transpose, u.T @ g [H·D, H] (a matmul contracting the long axis of a
+  # transposed operand), was 6x slower on XLA:CPU.
+  g_att = jnp.diagonal((g.T @ u).reshape(heads, heads, dim), axis1=0, axis2=1)
+  return g @ _block_diagonal(att).T, g_att.T
+
+
+head_dot.defvjp(_head_dot_fwd, _head_dot_bwd)
+
+
 class AGATLayer(hk.Module):
   """Augmented graph attention layer (paper eq. 1; reference AGAT layer).
 
@@ -65,12 +93,8 @@ class AGATLayer(hk.Module):
     ew = e @ w[d:]                                             # [E, H·D]
     u_i = self.act(xw[receivers] + ew)                         # [E, H·D]
     u_j = self.act(xw[senders] + ew)
-    # Σ_d [u_i ‖ u_j]_hd att_hd as u @ blockdiag(att_h) [H·D, H]: a plain
-    # matmul (and its transpose in the backward pass) where the multiply +
-    # sum over D became separate reduce kernels on XLA:CPU (layer forward
-    # 2.2x faster).
-    logits = self.act(u_i @ _block_diagonal(att[:, :self.dim]) +
-                      u_j @ _block_diagonal(att[:, self.dim:]))  # [E, H]
+    logits = self.act(head_dot(u_i, att[:, :self.dim]) +
+                      head_dot(u_j, att[:, self.dim:]))        # [E, H]
     logits = self.act(nn_lib.MaskedBatchNorm(name="head_norm")(
         logits, edge_mask, is_training))
     alpha = pooling.segment_softmax(logits, receivers, n, edge_mask)
