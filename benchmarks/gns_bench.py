@@ -46,6 +46,7 @@ import optax  # noqa: E402
 import noisy_nodes  # noqa: E402,F401
 from noisy_nodes import batching  # noqa: E402
 from noisy_nodes.engine import parallel  # noqa: E402
+from noisy_nodes.engine import runtime  # noqa: E402
 from noisy_nodes.tasks.oc20 import OC20Task  # noqa: E402
 
 DEMO_TRAIN = os.path.expanduser(
@@ -157,7 +158,11 @@ def main():
   p.add_argument("--depths", default="10,50,100")
   p.add_argument("--sections", default="flops,compile,util,memory",
                  help="comma-separated subset of flops,compile,util,memory")
+  p.add_argument("--hugepages", choices=("on", "off"), default="on",
+                 help="restart with glibc.malloc.hugetlb=1 as "
+                      "configs/oc20.py's training does (engine/runtime.py)")
   args = p.parse_args()
+  runtime.reexec_with_hugepages(args.hugepages == "on")
 
   t_start = time.time()
   structures, source = load_structures(args)
@@ -178,7 +183,8 @@ def main():
   print(f"data: {len(structures)} EMT systems ({source}); budget {budget}; "
         f"timed batch {len(first)} graphs, {total_n} nodes, {total_e} edges; "
         f"JAX {jax.__version__} on {jax.devices()[0].platform}, "
-        f"{os.cpu_count()} cores")
+        f"{os.cpu_count()} cores; huge pages "
+        f"{'on' if runtime.hugepages_active() else 'off'}")
 
   rows = []
   sections = set(args.sections.split(","))

@@ -52,7 +52,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                  ema_decay=0.9999)
   c.train = dict(num_steps=2_010_000, log_every=1000, eval_every=20_000,
                  checkpoint_every=10_000, seed=0, max_to_keep=3,
-                 skip_nonfinite=True)
+                 skip_nonfinite=True,
+                 # 2 MiB pages for XLA:CPU buffers (engine/runtime.py): the
+                 # width-512 step is ~15% faster on CPU.
+                 hugepages=True)
 
   for tok in tokens:
     if "x" in tok and tok.replace("x", "").isdigit():
@@ -74,7 +77,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       c.optim.update(lr=1e-3, warmup_steps=50, init_lr=1e-5, cycle_steps=1950,
                      final_lr_fraction=0.02, clip_norm=1.0, ema_decay=0.99)
       c.train.update(num_steps=2000, log_every=100, eval_every=500,
-                     checkpoint_every=500)
+                     checkpoint_every=500, hugepages=False)
     elif tok == "tiny":
       c.data.num_generated = 8
       c.model.update(latent_size=16, mlp_hidden_size=16, mlp_layers=2,
@@ -84,7 +87,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       c.optim.update(lr=1e-3, warmup_steps=2, init_lr=1e-5, cycle_steps=10,
                      final_lr_fraction=0.1, clip_norm=1.0, ema_decay=0.9)
       c.train.update(num_steps=6, log_every=2, eval_every=3,
-                     checkpoint_every=3)
+                     checkpoint_every=3, hugepages=False)
     else:
       raise ValueError(f"unknown qm9 config variant token {tok!r} in "
                        f"{variant!r}")

@@ -25,6 +25,7 @@ from ml_collections import config_flags
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
 from noisy_nodes.engine import logger
 from noisy_nodes.engine import parallel
+from noisy_nodes.engine import runtime
 from noisy_nodes.engine import trainer
 from noisy_nodes.structures import DataError
 from noisy_nodes.tasks import base as task_base
@@ -39,6 +40,9 @@ _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _DIST = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                           "Initialise jax.distributed (auto: SLURM/TPU pod).")
+# True when run as ``python -m noisy_nodes.train`` (not imported): only then
+# may main() restart the process (engine.runtime).
+_AS_SCRIPT = False
 
 
 def write_outputs(config, workdir):
@@ -100,9 +104,11 @@ def main(argv):
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
   logger.quiet_library_logs()
+  config = _CONFIG.value
+  if _AS_SCRIPT:  # only a process of our own may be restarted
+    runtime.reexec_with_hugepages(bool(config.train.get("hugepages", False)))
   parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value,
                                   _DIST.value)
-  config = _CONFIG.value
   try:
     if config.data.get("cv_folds", 0) and int(config.data.cv_folds) > 1:
       run_cross_validation(config, _WORKDIR.value)
@@ -124,4 +130,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _AS_SCRIPT = True
   app.run(main)

@@ -1,0 +1,58 @@
+"""engine.runtime: restarting a process with glibc's huge-page tunable."""
+import os
+import subprocess
+import sys
+import textwrap
+
+from noisy_nodes.engine import runtime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_reexec_command_keeps_arguments_and_other_tunables():
+  exe, argv, env = runtime.reexec_command(
+      {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "X": "1"})
+  assert exe == sys.executable and argv[0] == sys.executable
+  assert argv[1:] == sys.orig_argv[1:]
+  assert env["GLIBC_TUNABLES"] == ("glibc.malloc.arena_max=2:"
+                                   "glibc.malloc.hugetlb=1")
+  assert env["X"] == "1"
+  assert runtime.reexec_command({})[2]["GLIBC_TUNABLES"] == runtime.TUNABLE
+
+
+def _run(tmp_path, env_extra, wanted=True):
+  script = tmp_path / "child.py"
+  script.write_text(textwrap.dedent(f"""
+      import os, sys
+      sys.path.insert(0, {ROOT!r})
+      from noisy_nodes.engine import runtime
+      print("start", os.getpid(), flush=True)
+      runtime.reexec_with_hugepages({wanted})
+      print("tunables", os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:])
+  """))
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("GLIBC_TUNABLES", "NN_HUGEPAGES")}
+  env.update(env_extra)
+  out = subprocess.run([sys.executable, str(script), "--flag", "a b"],
+                       env=env, capture_output=True, text=True, check=True)
+  return out.stdout.splitlines()
+
+
+def test_reexec_restarts_once_with_the_tunable_and_same_arguments(tmp_path):
+  lines = _run(tmp_path, {})
+  starts = [l for l in lines if l.startswith("start")]
+  last = lines[-1]
+  assert last.endswith("['--flag', 'a b']")
+  if runtime.hugepages_supported():
+    # Same PID twice: the process image was replaced, not forked.
+    assert len(starts) == 2 and starts[0] == starts[1]
+    assert "glibc.malloc.hugetlb=1" in last
+  else:
+    assert len(starts) == 1 and "hugetlb" not in last
+
+
+def test_reexec_opt_outs(tmp_path):
+  for env, wanted in (({"NN_HUGEPAGES": "0"}, True), ({}, False)):
+    lines = _run(tmp_path, env, wanted)
+    assert len([l for l in lines if l.startswith("start")]) == 1
+    assert "hugetlb" not in lines[-1]
