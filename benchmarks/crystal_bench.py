@@ -15,7 +15,10 @@ scale, L1) and ``parallel.make_eval_step`` on one device.
 
 Each depth runs in a fresh subprocess so its peak resident memory
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``: the whole process, Python,
-XLA, data and buffers included) is its own. Timing: one warm-up epoch
+XLA, data and buffers included) is its own; it is set by XLA's compilation
+scratch, which the engine hands back to the OS after each compilation
+(``engine.runtime.release_free_memory``; this benchmark does the same), and
+the resident memory after the timed runs is printed beside it. Timing: one warm-up epoch
 (compilation), then ``repeats`` timed runs of ``epochs`` epochs over the
 ``n / batch`` pre-padded batches, blocking on every step's result; the best
 run is reported (less sensitive to a busy shared machine) and the median
@@ -53,6 +56,16 @@ def _config(depth: int, cache_dir: str, remat: bool = True):
   return c
 
 
+def _resident_mb() -> float:
+  """Current resident memory (VmRSS) of this process, MB (0 if unknown)."""
+  try:
+    with open("/proc/self/status") as f:
+      line = [l for l in f if l.startswith("VmRSS:")][0]
+    return int(line.split()[1]) / 1024.0
+  except (OSError, IndexError):
+    return 0.0
+
+
 def child(args) -> dict:
   """Measures one depth in this process; returns a JSON-able dict."""
   import haiku as hk  # pylint: disable=g-import-not-at-top
@@ -60,7 +73,7 @@ def child(args) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import noisy_nodes  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from noisy_nodes import batching  # pylint: disable=g-import-not-at-top
-  from noisy_nodes.engine import optim, parallel  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.engine import optim, parallel, runtime  # pylint: disable=g-import-not-at-top
   from noisy_nodes.structures import load_structures  # pylint: disable=g-import-not-at-top
   from crystal import tasks  # pylint: disable=g-import-not-at-top
   from crystal.models import count_params  # pylint: disable=g-import-not-at-top
@@ -87,6 +100,7 @@ def child(args) -> dict:
   example = jax.tree_util.tree_map(lambda x: x[0], batches[0])
   params, state = jax.jit(lambda b: transformed.init(
       jax.random.PRNGKey(0), b, True))(example)
+  runtime.release_free_memory()  # after each compilation, as the trainer
   optimizer = optim.make_optimizer(config.optim)
   host = parallel.TrainState(
       step=np.zeros((), np.int32), params=jax.device_get(params),
@@ -113,6 +127,11 @@ def child(args) -> dict:
         jax.block_until_ready(eval_step(eval_params, eval_state, b))
 
   t0 = time.perf_counter()
+  ts, m = train_step(ts, batches[0])
+  jax.block_until_ready(m["loss"])
+  runtime.release_free_memory()
+  jax.block_until_ready(eval_step(eval_params, eval_state, batches[0]))
+  runtime.release_free_memory()
   ts = train_epochs(ts, 1)
   infer_epochs(1)
   compile_s = time.perf_counter() - t0
@@ -132,6 +151,7 @@ def child(args) -> dict:
       "train_best": max(train_rates), "train_median": float(np.median(train_rates)),
       "infer_best": max(infer_rates), "infer_median": float(np.median(infer_rates)),
       "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+      "rss_mb": _resident_mb(),
       "warmup_s": compile_s, "platform": str(jax.devices()[0].platform),
       "devices": ndev,
   }
@@ -201,7 +221,8 @@ def main():
         f"os.cpu_count()={os.cpu_count()}, load average "
         f"{os.getloadavg()[0]:.1f}")
   print(f"{'layers':>6} {'params':>9} {'train g/s':>16} {'infer g/s':>16} "
-        f"{'peak MB':>8} {'train x':>8} {'infer x':>8} {'mem x':>6}")
+        f"{'peak MB':>8} {'now MB':>7} {'train x':>8} {'infer x':>8} "
+        f"{'mem x':>6}")
   for r in rows:
     ref = REFERENCE.get(r["depth"])
     ratios = (f"{r['train_best'] / ref[0]:8.2f} {r['infer_best'] / ref[1]:8.2f}"
@@ -210,9 +231,10 @@ def main():
     print(f"{r['depth']:6d} {r['params']:9,d} "
           f"{r['train_best']:7.1f} ({r['train_median']:6.1f}) "
           f"{r['infer_best']:7.1f} ({r['infer_median']:6.1f}) "
-          f"{r['peak_mb']:8.0f} {ratios}")
-  print("(best of repeats; median in parentheses; x = ratio to the PyTorch "
-        "reference, memory as reference / ours)")
+          f"{r['peak_mb']:8.0f} {r['rss_mb']:7.0f} {ratios}")
+  print("(best of repeats; median in parentheses; peak = the process's "
+        "peak resident memory, now = resident after the timed runs; x = "
+        "ratio to the PyTorch reference, memory as reference / peak)")
   at20 = [r for r in rows if r["depth"] == 20]
   if at20:
     r, ref = at20[0], REFERENCE[20]

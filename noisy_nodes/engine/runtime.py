@@ -1,6 +1,15 @@
-"""Process-level settings that only take effect when the process starts.
+"""Process-level memory settings for XLA:CPU.
 
-Transparent huge pages for XLA:CPU buffers. XLA allocates every step's
+Returning compiler scratch. XLA:CPU's compilation of a 20-layer DeeperGATGNN
+training step allocates ~400 MB of scratch that glibc keeps after it is
+freed, so the process's resident memory stays ~0.95 GB for the whole run
+though the step itself needs ~0.5 GB. ``release_free_memory``
+(``malloc_trim``), called by the trainer after each compilation, hands it
+back: resident memory 0.48 GB instead of 0.95 GB while training, and a lower
+peak because the next compilation starts from less.
+
+Transparent huge pages for XLA:CPU buffers (a setting that only takes effect
+when the process starts). XLA allocates every step's
 buffers with ``malloc``; the GNS at the paper's width (latent 512, 12,800 edge
 rows per batch) has [E, 512] intermediates of 26 MB, which glibc serves with
 fresh ``mmap`` regions whose 4 KiB pages fault in one by one on first touch
@@ -14,6 +23,8 @@ configs opt in (``train.hugepages``); ``NN_HUGEPAGES=0`` opts out everywhere.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import sys
@@ -67,3 +78,21 @@ def reexec_with_hugepages(wanted: bool) -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(exe, argv, env)
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+  try:
+    return ctypes.CDLL(None).malloc_trim
+  except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+    return None
+
+
+def release_free_memory() -> bool:
+  """Returns freed heap memory to the OS (glibc ``malloc_trim(0)``).
+
+  A few milliseconds; call after a compilation, never in the hot loop.
+  Returns whether anything could be released.
+  """
+  trim = _malloc_trim()
+  return bool(trim(0)) if trim is not None else False

@@ -32,6 +32,7 @@ from noisy_nodes.engine import checkpoint as ckpt_lib
 from noisy_nodes.engine import logger as logger_lib
 from noisy_nodes.engine import optim
 from noisy_nodes.engine import parallel
+from noisy_nodes.engine import runtime
 from noisy_nodes.structures import DataError, Structure
 from noisy_nodes.tasks import base as task_base
 
@@ -94,6 +95,7 @@ class Experiment:
                       "empty training split: no structures to train on")
     self._graph_cache: Dict[str, List[jraph.GraphsTuple]] = {}
     self._eval_step = None
+    self._eval_compiled = False
 
   def write_data_report(self):
     """Lists inputs skipped under ``data.skip_invalid`` (never silently)."""
@@ -174,6 +176,7 @@ class Experiment:
     params, state = jax.jit(
         lambda k, g: self.transformed().init(k, g, False))(init_key, example)
     params, state = self.task.init_params(params, state)
+    runtime.release_free_memory()  # the init compilation's scratch
     return parallel.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, state=state,
         opt_state=optimizer.init(params), ema_params=params,
@@ -187,7 +190,7 @@ class Experiment:
     if self._eval_step is None:
       self._eval_step = parallel.make_eval_step(self.task, self.transformed(),
                                                 self.local_mesh)
-    eval_step = self._eval_step
+    eval_step, first_call = self._eval_step, not self._eval_compiled
     params = jax.device_put(parallel.to_host(params))
     state = jax.device_put(parallel.to_host(state))
     preds: Dict[str, List[Optional[np.ndarray]]] = {}
@@ -195,6 +198,9 @@ class Experiment:
     for batch, index_lists in batching.eval_batches(graphs, budget,
                                                     self.num_local, names):
       out = jax.device_get(eval_step(params, state, batch))
+      if first_call:
+        runtime.release_free_memory()  # the eval compilation's scratch
+        first_call, self._eval_compiled = False, True
       for d, idx in enumerate(index_lists):
         if not idx:
           continue
@@ -316,6 +322,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   log = logger_lib.MetricLogger(workdir, resume_step, num_steps)
   flag = _SignalFlag()
   step = int(resume_step or 0)
+  first_step = step
   select = exp.task.selection_metric
 
   def save(which="latest"):
@@ -354,6 +361,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           logging.warning("skipped oversized sample %s", msg)
       ts, metrics = step_fn(ts, parallel.shard_batch(batch.graph, exp.mesh))
       metrics = jax.device_get(metrics)  # block: see SPEC.md on CPU collectives
+      if step == first_step:
+        runtime.release_free_memory()  # the train step compilation's scratch
       step += 1
       position = batch.position
       if not metrics["finite"]:
