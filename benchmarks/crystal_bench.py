@@ -174,9 +174,7 @@ def main():
                       "device: gradients and norm statistics are reduced "
                       "over devices). XLA:CPU runs the backward pass's "
                       "scatter-adds on one thread; 2 devices on 2 cores "
-                      "run two of them at once (measured here: 59 vs 57 "
-                      "training, 285 vs 207 inference graphs/s at 20 "
-                      "layers).")
+                      "run two of them at once.")
   p.add_argument("--json", default="", help="also write the results here")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--depth", type=int, default=20, help=argparse.SUPPRESS)
