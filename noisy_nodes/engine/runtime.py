@@ -77,7 +77,11 @@ def reexec_with_hugepages(wanted: bool) -> None:
                "NN_HUGEPAGES=0 turns this off)", TUNABLE)
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(exe, argv, env)
+  try:
+    os.execve(exe, argv, env)
+  except OSError as e:  # carry on without huge pages rather than fail
+    logging.warning("could not restart with %s (%s); continuing without",
+                    TUNABLE, e)
 
 
 @functools.lru_cache(maxsize=None)
