@@ -5,21 +5,21 @@ training step allocates ~400 MB of scratch that glibc keeps after it is
 freed, so the process's resident memory stays ~0.95 GB for the whole run
 though the step itself needs ~0.5 GB. ``release_free_memory``
 (``malloc_trim``), called by the trainer after each compilation, hands it
-back: resident memory 0.48 GB instead of 0.95 GB while training, and a lower
-peak because the next compilation starts from less.
+back: ~0.55 GB resident while training, and a lower peak because the next
+compilation starts from less.
 
-Transparent huge pages for XLA:CPU buffers (a setting that only takes effect
-when the process starts). XLA allocates every step's
-buffers with ``malloc``; the GNS at the paper's width (latent 512, 12,800 edge
-rows per batch) has [E, 512] intermediates of 26 MB, which glibc serves with
-fresh ``mmap`` regions whose 4 KiB pages fault in one by one on first touch
-each step. glibc >= 2.35 can ``madvise`` those regions for 2 MiB pages
-(tunable ``glibc.malloc.hugetlb=1``), but reads tunables only at process start,
-so ``reexec_with_hugepages`` restarts the interpreter with the same arguments
-and the tunable set. Measured with ``benchmarks/gns_bench.py`` on a 2-core
-VM whose kernel has THP in ``madvise`` mode: training step 5.7-5.8 s instead of
-6.5-6.9 s. The small crystal models gain nothing (and use ~50 MB more), so
-configs opt in (``train.hugepages``); ``NN_HUGEPAGES=0`` opts out everywhere.
+Transparent huge pages, a setting that only takes effect when the process
+starts. XLA allocates every step's buffers with ``malloc``; the GNS at the
+paper's width (latent 512, 12,800 edge rows per batch) has [E, 512]
+intermediates of 26 MB, which glibc serves with fresh ``mmap`` regions whose
+4 KiB pages fault in one by one on first touch each step. glibc >= 2.35 can
+``madvise`` those regions for 2 MiB pages (tunable ``glibc.malloc.hugetlb=1``)
+but reads tunables only at process start, so ``reexec_with_hugepages``
+restarts the interpreter with the same arguments and the tunable set.
+Measured with ``benchmarks/gns_bench.py`` on a 2-core VM whose kernel has THP
+in ``madvise`` mode: training step 5.7-5.8 s instead of 6.5-6.9 s. The small
+crystal models gain nothing (and use ~50 MB more), so configs opt in
+(``train.hugepages``); ``NN_HUGEPAGES=0`` opts out everywhere.
 """
 from __future__ import annotations
 
