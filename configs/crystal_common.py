@@ -91,6 +91,10 @@ def crystal_config(model: str, variant: str = "",
       split=(0.8, 0.05, 0.15), seed=0,
       cv_folds=0, fold=0, cv_val_fraction=0.05,
       normalize_targets=False, graph=reference_graph())
+  if model == "gatgnn":
+    # Edges in reverse pairs (crystal.features.FeaturizerConfig.pair_edges):
+    # the same GATGNN at half the edge work.
+    c.data.graph.pair_edges = True
   c.model = dict(name=model, **model_settings(model, deeper))
   c.batch = dict(max_nodes=0, max_edges=0, max_graphs=100, shuffle=True,
                  prefetch=2, skip_oversized=False, edge_margin=1.0)

@@ -42,7 +42,10 @@ class Budget:
 
   @property
   def padded_sizes(self):
-    return self.max_nodes + 1, self.max_edges, self.max_graphs + 1
+    # An even edge count: the paired edge layout (``_pair_layout``) splits
+    # the edge rows in two equal halves.
+    return (self.max_nodes + 1, self.max_edges + self.max_edges % 2,
+            self.max_graphs + 1)
 
   def fits(self, n_node: int, n_edge: int) -> bool:
     return n_node <= self.max_nodes and n_edge <= self.max_edges
@@ -116,6 +119,9 @@ def pad_graphs(graphs: Sequence[jraph.GraphsTuple],
 
   nodes = stack([g.nodes for g in graphs], tot_n, pad_n)
   edges = stack([g.edges for g in graphs], tot_e, pad_e)
+  if "reverse" in edges:
+    edges, senders, receivers = _pair_layout(graphs, edges, senders,
+                                             receivers, tot_n, pad_e)
   globals_ = stack([g.globals for g in graphs], num_g, pad_g)
   full_n_node = np.zeros(pad_g, np.int32)
   full_n_node[:num_g] = n_node
@@ -126,6 +132,54 @@ def pad_graphs(graphs: Sequence[jraph.GraphsTuple],
   return jraph.GraphsTuple(nodes=nodes, edges=edges, globals=globals_,
                            senders=senders, receivers=receivers,
                            n_node=full_n_node, n_edge=full_n_edge)
+
+
+def _pair_layout(graphs, edges, senders, receivers, tot_n, pad_e):
+  """Reorders the edges of paired samples (``graphs.pair_reverse_edges``).
+
+  Every sample holds 2k edges, edge t paired with t + k. In the batch the
+  first edges of all pairs fill [0, K) and their partners [H, H + K), H =
+  pad_e // 2 (``Budget`` pads to an even count), so edge t's reverse is
+  (t + H) mod 2H for every edge, padding included: the models swap the
+  halves of an [E, ...] array instead of gathering it.
+  Edges of one graph are therefore not contiguous; read their graph from
+  ``receivers``.
+  """
+  half = pad_e // 2
+  first, second = [], []
+  start = 0
+  for g in graphs:
+    e = int(g.n_edge[0])
+    k = e // 2
+    want = np.concatenate([np.arange(k, 2 * k), np.arange(k)])
+    if e % 2 or not np.array_equal(np.asarray(g.edges["reverse"]), want):
+      raise ValueError("edges['reverse'] is not the pairing of "
+                       "noisy_nodes.graphs.pair_reverse_edges (edge t with "
+                       "t + n_edge / 2)")
+    first.append(np.arange(start, start + k))
+    second.append(np.arange(start + k, start + e))
+    start += e
+  first = np.concatenate(first) if first else np.zeros(0, np.int64)
+  second = np.concatenate(second) if second else np.zeros(0, np.int64)
+  num = first.shape[0]
+  order = np.full(pad_e, -1, np.int64)   # batch row -> row of the plain stack
+  order[:num] = first
+  order[half:half + num] = second
+  real = order >= 0
+  out = {}
+  for key, value in edges.items():
+    arr = np.zeros_like(value)
+    arr[real] = value[order[real]]
+    out[key] = arr
+  if pad_e % 2:
+    raise ValueError(f"the paired edge layout needs an even number of edge "
+                     f"rows, got {pad_e}")
+  out["reverse"] = ((np.arange(pad_e) + half) % pad_e).astype(np.int32)
+  new_senders = np.full(pad_e, tot_n, np.int32)
+  new_receivers = np.full(pad_e, tot_n, np.int32)
+  new_senders[real] = senders[order[real]]
+  new_receivers[real] = receivers[order[real]]
+  return out, new_senders, new_receivers
 
 
 def stack_device_batches(batches: Sequence[jraph.GraphsTuple]):

@@ -110,3 +110,89 @@ def structure_to_graph(structure: Structure, cutoff: float,
       senders=nl.senders, receivers=nl.receivers,
       n_node=np.array([n], np.int32), n_edge=np.array([n_edge], np.int32),
       globals=globals_)
+
+
+def pair_reverse_edges(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
+  """Orders the edges as k pairs (j -> i shift s, i -> j shift -s).
+
+  Message-passing layers that evaluate an edge function from each endpoint
+  of an edge with a symmetric edge feature (GATGNN's u_i and u_j,
+  ``crystal.models.gatgnn``) can then evaluate it once per directed edge and
+  compute edge-feature products once per pair: u_j of an edge is u_i of its
+  reverse. The result holds 2k edges: edge t < k is paired with edge t + k.
+  An edge that is its own reverse (a self loop, a zero-shift i -> i edge) or
+  whose reverse is not in the graph (a ``max_neighbors`` cut keeps j among
+  i's nearest but not i among j's) is paired with an appended *phantom*
+  (flagged in ``edges['phantom']``): a twin or the missing reverse that only
+  provides its evaluation and that every model masks out of aggregations
+  (``crystal.models.stack.read_graph``).
+
+  Adds to ``edges``: ``reverse`` int32 [2k] (t <-> t + k) and ``phantom`` bool
+  [2k]. Pairs get bitwise-equal distances (the real or lower-index edge's)
+  and exactly negated vectors, so their edge features are identical.
+  ``noisy_nodes.batching.pad_graphs`` keeps the pairing in batches.
+
+  Args:
+    graph: a single-graph sample of ``structure_to_graph`` (edges with
+      ``vectors``, ``distances``, ``shifts``); other edge arrays are copied to
+      phantoms from their partner.
+  Returns:
+    The reordered graph with the two arrays above.
+  """
+  senders = np.asarray(graph.senders, np.int64)
+  receivers = np.asarray(graph.receivers, np.int64)
+  shifts = np.asarray(graph.edges["shifts"], np.int64).reshape(-1, 3)
+  e = senders.shape[0]
+  n = int(graph.n_node[0])
+  # Integer keys of (sender, receiver, shift) and of each edge's reverse;
+  # shifts are small integers, offset to be non-negative.
+  lo = int(min(shifts.min(initial=0), -shifts.max(initial=0)))
+  span = int(max(shifts.max(initial=0), -shifts.min(initial=0))) - lo + 1
+
+  def key(s, r, sh):
+    k = s * n + r
+    for c in range(3):
+      k = k * span + (sh[:, c] - lo)
+    return k
+
+  fwd = key(senders, receivers, shifts)
+  bwd = key(receivers, senders, -shifts)
+  partner = np.full(e, -1, np.int64)
+  if e:
+    order = np.argsort(fwd, kind="stable")
+    pos = np.minimum(np.searchsorted(fwd[order], bwd), e - 1)
+    found = fwd[order][pos] == bwd
+    partner[found] = order[pos][found]
+  index = np.arange(e)
+  # Pairs of two distinct real edges: the lower index leads. Everything
+  # else (self-reverse or unmatched) leads a pair with a phantom.
+  pair_first = index[(partner > index)]
+  alone = index[(partner < 0) | (partner == index)]
+  first = np.concatenate([pair_first, alone])
+  k = first.shape[0]
+  edges = {}
+  for name, value in graph.edges.items():
+    value = np.asarray(value)
+    second = np.concatenate([value[partner[pair_first]], value[alone]])
+    if name in ("vectors", "shifts"):
+      # A phantom of an unmatched edge is its reverse; a self-reverse
+      # edge's twin is itself (shift -s of a self loop is s = 0).
+      flip = np.concatenate([np.zeros(len(pair_first), bool),
+                             partner[alone] < 0])
+      second = np.where(flip.reshape((-1,) + (1,) * (value.ndim - 1)),
+                        -second, second)
+    edges[name] = np.concatenate([value[first], second])
+  # Bitwise-symmetric geometry: the second of a pair takes the first's.
+  edges["distances"] = np.concatenate([edges["distances"][:k]] * 2)
+  edges["vectors"] = np.concatenate([edges["vectors"][:k],
+                                     -edges["vectors"][:k]])
+  edges["reverse"] = np.concatenate([np.arange(k, 2 * k),
+                                     np.arange(k)]).astype(np.int32)
+  edges["phantom"] = np.concatenate([np.zeros(k + len(pair_first), bool),
+                                     np.ones(len(alone), bool)])
+  s_first, r_first = senders[first], receivers[first]
+  return graph._replace(
+      edges=edges,
+      senders=np.concatenate([s_first, r_first]).astype(np.int32),
+      receivers=np.concatenate([r_first, s_first]).astype(np.int32),
+      n_edge=np.array([2 * k], np.int32))

@@ -135,11 +135,11 @@ def test_head_dot_and_its_hand_written_gradient():
   from crystal.models import gatgnn  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(4)
   u = rng.normal(size=(37, 4 * 6)).astype(np.float32)
-  att = rng.normal(size=(4, 6)).astype(np.float32)
-  cot = rng.normal(size=(37, 4)).astype(np.float32)
+  att = rng.normal(size=(2, 4, 6)).astype(np.float32)
+  cot = rng.normal(size=(37, 2 * 4)).astype(np.float32)
 
   def direct(u, att):
-    return jnp.einsum("ehd,hd->eh", u.reshape(-1, 4, 6), att)
+    return jnp.einsum("ehd,khd->ekh", u.reshape(-1, 4, 6), att).reshape(-1, 8)
   np.testing.assert_allclose(gatgnn.head_dot(u, att), direct(u, att),
                              rtol=1e-5, atol=1e-5)
   got = jax.vjp(gatgnn.head_dot, u, att)[1](cot)

@@ -27,19 +27,21 @@ _GLOROT = hk.initializers.VarianceScaling(1.0, "fan_avg", "uniform")
 
 
 def _block_diagonal(att: jnp.ndarray) -> jnp.ndarray:
-  """[H, D] per-head vectors -> [H·D, H] with att[h] in rows h·D..(h+1)·D."""
-  heads, dim = att.shape
+  """[K, H, D] per-head vectors -> [H·D, K·H]: column k·H + h holds att[k, h]
+  in rows h·D..(h+1)·D (K block-diagonal matrices side by side)."""
+  k, heads, dim = att.shape
   eye = jnp.eye(heads, dtype=att.dtype)
-  return (att[:, :, None] * eye[:, None, :]).reshape(heads * dim, heads)
+  blocks = att[:, :, :, None] * eye[None, :, None, :]          # [K, H, D, H]
+  return blocks.transpose(1, 2, 0, 3).reshape(heads * dim, k * heads)
 
 
 @jax.custom_vjp
 def head_dot(u: jnp.ndarray, att: jnp.ndarray) -> jnp.ndarray:
-  """Per-head dot products: u [E, H·D], att [H, D] -> [E, H].
+  """Per-head dot products: u [E, H·D], att [K, H, D] -> [E, K·H].
 
-  Σ_d u[e, h·D + d] att[h, d], as ``u @ blockdiag(att)``: a plain matmul
-  where the multiply + sum over D becomes separate reduce kernels on XLA:CPU
-  (AGAT layer forward 2.2x faster).
+  out[e, k·H + h] = Σ_d u[e, h·D + d] att[k, h, d], as one plain matmul
+  ``u @ blockdiag(att)``: on XLA:CPU the multiply + sum over D otherwise
+  becomes separate reduce kernels (AGAT layer forward 2.2x faster).
   """
   return u @ _block_diagonal(att)
 
@@ -50,15 +52,22 @@ def _head_dot_fwd(u, att):
 
 def _head_dot_bwd(res, g):
   u, att = res
-  heads, dim = att.shape
-  # g.T @ u is [H, H·D]; its diagonal blocks are the gradient. XLA's own
-  # transpose, u.T @ g [H·D, H] (a matmul contracting the long axis of a
+  k, heads, dim = att.shape
+  # g.T @ u is [K·H, H·D]; its diagonal blocks are the gradient. XLA's own
+  # transpose, u.T @ g [H·D, K·H] (a matmul contracting the long axis of a
   # transposed operand), was 6x slower on XLA:CPU.
-  g_att = jnp.diagonal((g.T @ u).reshape(heads, heads, dim), axis1=0, axis2=1)
-  return g @ _block_diagonal(att).T, g_att.T
+  blocks = (g.T @ u).reshape(k, heads, heads, dim)
+  g_att = jnp.diagonal(blocks, axis1=1, axis2=2)               # [K, D, H]
+  return g @ _block_diagonal(att).T, g_att.transpose(0, 2, 1)
 
 
 head_dot.defvjp(_head_dot_fwd, _head_dot_bwd)
+
+
+def swap_halves(a: jnp.ndarray) -> jnp.ndarray:
+  """a[(t + E/2) mod E]: the reverse-edge gather of the paired edge layout
+  (``noisy_nodes.batching.pad_graphs``; E is even) as a swap of halves."""
+  return jnp.flip(a.reshape((2, -1) + a.shape[1:]), axis=0).reshape(a.shape)
 
 
 class AGATLayer(hk.Module):
@@ -81,26 +90,53 @@ class AGATLayer(hk.Module):
     self.act = nn_lib.get_activation(activation)
     self.dropout_rate = dropout_rate
 
-  def __call__(self, x, e, senders, receivers, edge_mask, is_training):
-    """x [N, D], e [E, D] -> (x' [N, D], attention α [E, H])."""
+  def __call__(self, x, e, senders, receivers, edge_mask, is_training,
+               paired=False):
+    """x [N, D], e [E, D] -> (x' [N, D], attention α [E, H]).
+
+    ``paired``: the batch is in the paired layout of ``noisy_nodes.batching``
+    (edge t's reverse is edge (t + E/2) mod E, with an identical edge
+    feature) and ``e`` holds the first E / 2 rows only. Then u_j of an edge
+    is u_i of its reverse: act([x ‖ e] W) is evaluated once per edge instead
+    of twice and e W_e once per pair instead of twice per edge (the same
+    layer at half the work, forward and backward).
+    """
     n, d = x.shape
     hd = self.heads * self.dim
     w = hk.get_parameter("w", (2 * d, hd), x.dtype, _GLOROT)
     att = hk.get_parameter("att", (self.heads, 2 * self.dim), x.dtype,
                            _GLOROT)
     bias = hk.get_parameter("bias", (self.dim,), x.dtype, jnp.zeros)
+    att_i, att_j = att[:, :self.dim], att[:, self.dim:]
     xw = x @ w[:d]                                             # [N, H·D]
-    ew = e @ w[d:]                                             # [E, H·D]
-    u_i = self.act(xw[receivers] + ew)                         # [E, H·D]
-    u_j = self.act(xw[senders] + ew)
-    logits = self.act(head_dot(u_i, att[:, :self.dim]) +
-                      head_dot(u_j, att[:, self.dim:]))        # [E, H]
+    ew = e @ w[d:]                                  # [E, H·D] or [E/2, H·D]
+    if paired:
+      # Both edges of pair t (rows t and t + E/2) share e W_e: a broadcast
+      # over the two halves, not a concatenation (slower on XLA:CPU).
+      pre = (xw[receivers].reshape((2,) + ew.shape) + ew).reshape(-1, hd)
+    else:
+      pre = xw[receivers] + ew
+    u_i = self.act(pre)                                        # [E, H·D]
+    if paired:
+      both = head_dot(u_i, jnp.stack([att_i, att_j]))          # [E, 2H]
+      logits = both[:, :self.heads] + swap_halves(both[:, self.heads:])
+    else:
+      u_j = self.act(xw[senders] + ew)
+      logits = head_dot(u_i, att_i[None]) + head_dot(u_j, att_j[None])
+    logits = self.act(logits)                                  # [E, H]
     logits = self.act(nn_lib.MaskedBatchNorm(name="head_norm")(
         logits, edge_mask, is_training))
     alpha = pooling.segment_softmax(logits, receivers, n, edge_mask)
     alpha_used = stack.dropout(alpha, self.dropout_rate, is_training)
-    msg = u_j.reshape(-1, self.heads, self.dim) * alpha_used[:, :, None]
-    out = jax.ops.segment_sum(msg, receivers, n)               # [N, H, D]
+    if paired:
+      # Row t is u_j of edge t's reverse r, whose receiver is senders[t]:
+      # Σ_{r -> i} α_r u_j(r) = Σ_{t: senders[t] = i} α_reverse(t) u_i(t).
+      msg = (u_i.reshape(-1, self.heads, self.dim)
+             * swap_halves(alpha_used)[:, :, None])
+      out = jax.ops.segment_sum(msg, senders, n)               # [N, H, D]
+    else:
+      msg = u_j.reshape(-1, self.heads, self.dim) * alpha_used[:, :, None]
+      out = jax.ops.segment_sum(msg, receivers, n)             # [N, H, D]
     return out.mean(axis=1) + bias, alpha
 
 
@@ -144,14 +180,18 @@ class GATGNN(hk.Module):
                        "for its global attention")
     leaky = nn_lib.get_activation("leaky_relu")
     x = leaky(hk.Linear(self.dim, name="pre_fc_node")(g.nodes))
-    e = leaky(hk.Linear(self.dim, name="pre_fc_edge")(g.edges))
+    # Paired layout: both edges of a pair have the same features, so the
+    # edge embedding is computed once per pair (the first half of the rows).
+    paired = g.reverse is not None
+    edges = g.edges[:g.edges.shape[0] // 2] if paired else g.edges  # E even
+    e = leaky(hk.Linear(self.dim, name="pre_fc_edge")(edges))
 
     def layer(h, index):
       del index
       h, alpha = AGATLayer(self.dim, self.heads, self.activation,
                            self.dropout_rate, name="agat")(
                                h, e, g.senders, g.receivers, g.edge_mask,
-                               is_training)
+                               is_training, paired)
       h = stack.make_norm(self.norm, "norm", self.dgn_groups,
                           self.dgn_lamda)(h, g.node_mask, is_training)
       return h, (alpha if self.output_attention else None)

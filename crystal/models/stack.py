@@ -110,7 +110,11 @@ class GraphInputs:
   Shapes: nodes [N, F_node], edges [E, F_edge], distances [E], senders and
   receivers [E], node_mask [N], edge_mask [E], graph_mask [G],
   node_graph [N] and edge_graph [E] (graph index of each row),
-  composition [G, C] or None.
+  composition [G, C] or None, reverse [E] or None.
+
+  ``reverse`` is present when the featurizer paired every edge with its
+  reverse (``noisy_nodes.graphs.pair_reverse_edges``); its phantom edges are
+  False in ``edge_mask``, so every model leaves them out of aggregations.
   """
   nodes: jnp.ndarray
   edges: jnp.ndarray
@@ -123,6 +127,7 @@ class GraphInputs:
   node_graph: jnp.ndarray
   edge_graph: jnp.ndarray
   composition: Optional[jnp.ndarray]
+  reverse: Optional[jnp.ndarray] = None
 
   @property
   def num_nodes(self) -> int:
@@ -148,6 +153,9 @@ def read_graph(graph: jraph.GraphsTuple) -> GraphInputs:
   glob = graph.globals if isinstance(graph.globals, dict) else {}
   node_mask = jnp.asarray(graph.nodes.get("mask", np.ones(n, bool)), bool)
   edge_mask = jnp.asarray(graph.edges.get("mask", np.ones(e, bool)), bool)
+  if "phantom" in graph.edges:
+    edge_mask = edge_mask & ~jnp.asarray(graph.edges["phantom"], bool)
+  reverse = graph.edges.get("reverse")
   graph_mask = jnp.asarray(glob.get("mask", np.ones(g, bool)), bool)
   node_graph = nn_lib.node_graph_index(jnp.asarray(graph.n_node), n)
   receivers = jnp.asarray(graph.receivers)
@@ -159,7 +167,8 @@ def read_graph(graph: jraph.GraphsTuple) -> GraphInputs:
       senders=jnp.asarray(graph.senders), receivers=receivers,
       node_mask=node_mask, edge_mask=edge_mask, graph_mask=graph_mask,
       node_graph=node_graph, edge_graph=node_graph[receivers],
-      composition=None if comp is None else jnp.asarray(comp, jnp.float32))
+      composition=None if comp is None else jnp.asarray(comp, jnp.float32),
+      reverse=None if reverse is None else jnp.asarray(reverse, jnp.int32))
 
 
 def output_head(x: jnp.ndarray, hidden: Sequence[int], num_targets: int,
