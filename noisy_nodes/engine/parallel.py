@@ -87,6 +87,22 @@ _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                 "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
+def _host_has_avx512() -> bool:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return any(line.startswith("flags") and " avx512f" in line for line in f)
+  except OSError:
+    return False
+
+
+# XLA:CPU vectorises its own kernels for 256-bit registers by default (to
+# spare older Xeons the AVX-512 clock penalty); on an AVX-512 host 512-bit
+# vectors make the DeeperGATGNN training step 1.04-1.08x faster (paired runs
+# in one process; softplus, exp and the other [E, 256] elementwise kernels).
+if _host_has_avx512():
+  _CPU_OPTIONS["xla_cpu_prefer_vector_width"] = 512
+
+
 @functools.lru_cache(maxsize=None)
 def _cpu_options_supported() -> bool:
   try:
