@@ -43,7 +43,7 @@ class Budget:
   @property
   def padded_sizes(self):
     # An even edge count: the paired edge layout (``_pair_layout``) splits
-    # the edge rows in two equal halves.
+    # the rows in two equal halves.
     return (self.max_nodes + 1, self.max_edges + self.max_edges % 2,
             self.max_graphs + 1)
 
@@ -134,47 +134,88 @@ def pad_graphs(graphs: Sequence[jraph.GraphsTuple],
                            n_node=full_n_node, n_edge=full_n_edge)
 
 
+_PAIR_KEYS = ("mask", "phantom", "reverse")
+
+
 def _pair_layout(graphs, edges, senders, receivers, tot_n, pad_e):
   """Reorders the edges of paired samples (``graphs.pair_reverse_edges``).
 
-  Every sample holds 2k edges, edge t paired with t + k. In the batch the
-  first edges of all pairs fill [0, K) and their partners [H, H + K), H =
-  pad_e // 2 (``Budget`` pads to an even count), so edge t's reverse is
-  (t + H) mod 2H for every edge, padding included: the models swap the
-  halves of an [E, ...] array instead of gathering it.
-  Edges of one graph are therefore not contiguous; read their graph from
+  A sample holds 2k + m edges: edge t < k paired with t + k, and m edges
+  that are their own reverse (zero-shift self loops). In the batch the first
+  edges of the pairs fill [0, K) and their partners [H, H + K), H = pad_e /
+  2, so edge t's reverse is (t + H) mod 2H: the models swap the halves of an
+  [E, ...] array instead of gathering it. The self loops follow, two with
+  identical edge arrays (every zero-shift self loop of a featurised dataset)
+  on rows t and t + H, each its own reverse (``edges['reverse'][t] == t``),
+  so that the two rows of a pair still share their edge features; an odd
+  one out gets a padding row as partner (there is one: an odd number of
+  self loops makes the edge count odd, and the padded count is even).
+  Edges of one graph are not contiguous; read their graph from
   ``receivers``.
   """
+  if pad_e % 2:
+    raise ValueError(f"the paired edge layout needs an even number of edge "
+                     f"rows, got {pad_e}")
   half = pad_e // 2
-  first, second = [], []
+  first, second, loops = [], [], []
   start = 0
   for g in graphs:
     e = int(g.n_edge[0])
-    k = e // 2
-    want = np.concatenate([np.arange(k, 2 * k), np.arange(k)])
-    if e % 2 or not np.array_equal(np.asarray(g.edges["reverse"]), want):
+    rev = np.asarray(g.edges["reverse"])
+    m = int(np.sum(rev == np.arange(e)))
+    k = (e - m) // 2
+    want = np.concatenate([np.arange(k, 2 * k), np.arange(k),
+                           np.arange(2 * k, e)])
+    if (e - m) % 2 or not np.array_equal(rev, want):
       raise ValueError("edges['reverse'] is not the pairing of "
                        "noisy_nodes.graphs.pair_reverse_edges (edge t with "
-                       "t + n_edge / 2)")
+                       "t + k, then edges that are their own reverse)")
     first.append(np.arange(start, start + k))
-    second.append(np.arange(start + k, start + e))
+    second.append(np.arange(start + k, start + 2 * k))
+    loops.append(np.arange(start + 2 * k, start + e))
     start += e
-  first = np.concatenate(first) if first else np.zeros(0, np.int64)
-  second = np.concatenate(second) if second else np.zeros(0, np.int64)
-  num = first.shape[0]
+  empty = np.zeros(0, np.int64)
+  first = np.concatenate(first) if first else empty
+  second = np.concatenate(second) if second else empty
+  loops = np.concatenate(loops) if loops else empty
+  # Self loops in groups of identical edge arrays; two of a group share a
+  # pair of rows, an odd one out is paired with padding (-1).
+  loop_a, loop_b, groups = [empty], [empty], 0
+  if loops.size:
+    data = [np.ascontiguousarray(np.asarray(v)[loops].reshape(loops.size, -1))
+            for key, v in sorted(edges.items()) if key not in _PAIR_KEYS]
+    rows = (np.concatenate([d.view(np.uint8) for d in data], axis=1)
+            if data else np.zeros((loops.size, 0), np.uint8))
+    _, group = np.unique(rows, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    groups = int(group.max()) + 1
+    for g_ in range(groups):
+      members = loops[group == g_]
+      if members.size % 2:
+        members = np.concatenate([members, [-1]])
+      loop_a.append(members[0::2])
+      loop_b.append(members[1::2])
+  loop_a, loop_b = np.concatenate(loop_a), np.concatenate(loop_b)
+  top = np.concatenate([first, loop_a])
+  num = top.shape[0]
+  if num > half:
+    raise ValueError(
+        f"{loops.size} self loops in {groups} groups of "
+        f"distinct edge features do not fit the paired layout of {pad_e} "
+        "edge rows; featurise with pair_edges=False")
   order = np.full(pad_e, -1, np.int64)   # batch row -> row of the plain stack
-  order[:num] = first
-  order[half:half + num] = second
+  order[:num] = top
+  order[half:half + num] = np.concatenate([second, loop_b])
   real = order >= 0
   out = {}
   for key, value in edges.items():
     arr = np.zeros_like(value)
     arr[real] = value[order[real]]
     out[key] = arr
-  if pad_e % 2:
-    raise ValueError(f"the paired edge layout needs an even number of edge "
-                     f"rows, got {pad_e}")
-  out["reverse"] = ((np.arange(pad_e) + half) % pad_e).astype(np.int32)
+  reverse = (np.arange(pad_e) + half) % pad_e
+  for lo in (first.size, half + first.size):
+    reverse[lo:lo + loop_a.size] = np.arange(lo, lo + loop_a.size)
+  out["reverse"] = reverse.astype(np.int32)
   new_senders = np.full(pad_e, tot_n, np.int32)
   new_receivers = np.full(pad_e, tot_n, np.int32)
   new_senders[real] = senders[order[real]]

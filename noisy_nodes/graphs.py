@@ -113,24 +113,25 @@ def structure_to_graph(structure: Structure, cutoff: float,
 
 
 def pair_reverse_edges(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
-  """Orders the edges as k pairs (j -> i shift s, i -> j shift -s).
+  """Orders the edges as k pairs (j -> i shift s, i -> j shift -s), then
+  the edges that are their own reverse (zero-shift self loops).
 
   Message-passing layers that evaluate an edge function from each endpoint
   of an edge with a symmetric edge feature (GATGNN's u_i and u_j,
   ``crystal.models.gatgnn``) can then evaluate it once per directed edge and
   compute edge-feature products once per pair: u_j of an edge is u_i of its
-  reverse. The result holds 2k edges: edge t < k is paired with edge t + k.
-  An edge that is its own reverse (a self loop, a zero-shift i -> i edge) or
-  whose reverse is not in the graph (a ``max_neighbors`` cut keeps j among
-  i's nearest but not i among j's) is paired with an appended *phantom*
-  (flagged in ``edges['phantom']``): a twin or the missing reverse that only
-  provides its evaluation and that every model masks out of aggregations
-  (``crystal.models.stack.read_graph``).
+  reverse. The result holds 2k + m edges: edge t < k is paired with edge
+  t + k and the last m are their own reverse. An edge whose reverse is not
+  in the graph (a ``max_neighbors`` cut keeps j among i's nearest but not i
+  among j's) is paired with an appended *phantom* reverse, flagged in
+  ``edges['phantom']``, that only provides its evaluation and that every
+  model masks out of aggregations (``crystal.models.stack.read_graph``).
 
-  Adds to ``edges``: ``reverse`` int32 [2k] (t <-> t + k) and ``phantom`` bool
-  [2k]. Pairs get bitwise-equal distances (the real or lower-index edge's)
-  and exactly negated vectors, so their edge features are identical.
-  ``noisy_nodes.batching.pad_graphs`` keeps the pairing in batches.
+  Adds to ``edges``: ``reverse`` int32 (t <-> t + k for t < 2k, t for the
+  rest) and ``phantom`` bool. Pairs get bitwise-equal distances (the real or
+  lower-index edge's) and exactly negated vectors, so their edge features
+  are identical. ``noisy_nodes.batching.pad_graphs`` keeps the pairing in
+  batches.
 
   Args:
     graph: a single-graph sample of ``structure_to_graph`` (edges with
@@ -164,35 +165,38 @@ def pair_reverse_edges(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
     found = fwd[order][pos] == bwd
     partner[found] = order[pos][found]
   index = np.arange(e)
-  # Pairs of two distinct real edges: the lower index leads. Everything
-  # else (self-reverse or unmatched) leads a pair with a phantom.
-  pair_first = index[(partner > index)]
-  alone = index[(partner < 0) | (partner == index)]
-  first = np.concatenate([pair_first, alone])
-  k = first.shape[0]
+  # Pairs of two distinct real edges: the lower index leads. An unmatched
+  # edge leads a pair with its phantom reverse.
+  pair_first = index[partner > index]
+  unmatched = index[partner < 0]
+  own = index[partner == index]
+  first = np.concatenate([pair_first, unmatched])
+  k, m = first.shape[0], own.shape[0]
   edges = {}
   for name, value in graph.edges.items():
     value = np.asarray(value)
-    second = np.concatenate([value[partner[pair_first]], value[alone]])
+    second = np.concatenate([value[partner[pair_first]], value[unmatched]])
     if name in ("vectors", "shifts"):
-      # A phantom of an unmatched edge is its reverse; a self-reverse
-      # edge's twin is itself (shift -s of a self loop is s = 0).
       flip = np.concatenate([np.zeros(len(pair_first), bool),
-                             partner[alone] < 0])
+                             np.ones(len(unmatched), bool)])
       second = np.where(flip.reshape((-1,) + (1,) * (value.ndim - 1)),
                         -second, second)
-    edges[name] = np.concatenate([value[first], second])
+    edges[name] = np.concatenate([value[first], second, value[own]])
   # Bitwise-symmetric geometry: the second of a pair takes the first's.
-  edges["distances"] = np.concatenate([edges["distances"][:k]] * 2)
-  edges["vectors"] = np.concatenate([edges["vectors"][:k],
-                                     -edges["vectors"][:k]])
-  edges["reverse"] = np.concatenate([np.arange(k, 2 * k),
-                                     np.arange(k)]).astype(np.int32)
+  d, v = edges["distances"], edges["vectors"]
+  edges["distances"] = np.concatenate([d[:k], d[:k], d[2 * k:]])
+  edges["vectors"] = np.concatenate([v[:k], -v[:k], v[2 * k:]])
+  edges["reverse"] = np.concatenate([np.arange(k, 2 * k), np.arange(k),
+                                     np.arange(2 * k, 2 * k + m)]
+                                    ).astype(np.int32)
   edges["phantom"] = np.concatenate([np.zeros(k + len(pair_first), bool),
-                                     np.ones(len(alone), bool)])
+                                     np.ones(len(unmatched), bool),
+                                     np.zeros(m, bool)])
   s_first, r_first = senders[first], receivers[first]
   return graph._replace(
       edges=edges,
-      senders=np.concatenate([s_first, r_first]).astype(np.int32),
-      receivers=np.concatenate([r_first, s_first]).astype(np.int32),
-      n_edge=np.array([2 * k], np.int32))
+      senders=np.concatenate([s_first, r_first, senders[own]]
+                             ).astype(np.int32),
+      receivers=np.concatenate([r_first, s_first, receivers[own]]
+                               ).astype(np.int32),
+      n_edge=np.array([2 * k + m], np.int32))

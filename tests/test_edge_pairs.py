@@ -46,26 +46,33 @@ def test_pairs_are_reverses_with_identical_geometry(minimum_image, cap):
   g = structure_to_graph(s, 6.0, cap, self_loops=True,
                          minimum_image=minimum_image)
   p = pair_reverse_edges(g)
-  e, k = int(p.n_edge[0]), int(p.n_edge[0]) // 2
-  assert e % 2 == 0 and e >= int(g.n_edge[0])
+  e = int(p.n_edge[0])
+  assert e >= int(g.n_edge[0])
   # The real edges are exactly the original ones.
   assert _edge_set(p) == _edge_set(g)
   phantom = p.edges["phantom"]
-  assert not phantom[:k].any()  # a pair leads with a real edge
+  rev = p.edges["reverse"]
+  own = rev == np.arange(e)
+  m = int(own.sum())
+  k = (e - m) // 2
+  assert not phantom[:k].any() and not phantom[own].any()
   t, r = np.arange(k), np.arange(k) + k
-  np.testing.assert_array_equal(p.edges["reverse"], np.r_[r, t])
+  np.testing.assert_array_equal(rev, np.r_[r, t, np.arange(2 * k, e)])
+  # The edges that are their own reverse are the zero-shift self loops.
+  loops = (g.senders == g.receivers) & ~np.asarray(g.edges["shifts"]).any(1)
+  assert m == int(loops.sum()) == s.num_atoms
+  assert np.all(p.senders[own] == p.receivers[own])
+  assert not p.edges["shifts"][own].any()
   np.testing.assert_array_equal(p.senders[t], p.receivers[r])
   np.testing.assert_array_equal(p.receivers[t], p.senders[r])
   np.testing.assert_array_equal(p.edges["shifts"][t], -p.edges["shifts"][r])
   np.testing.assert_array_equal(p.edges["distances"][t],
                                 p.edges["distances"][r])  # bitwise
   np.testing.assert_array_equal(p.edges["vectors"][t], -p.edges["vectors"][r])
-  # Phantoms exist exactly for self-reverse edges and missing reverses.
+  # Phantoms exist exactly for missing reverses.
   unmatched = set(_edge_set(g)) - {(b, a, tuple(-np.array(sh)))
                                    for a, b, sh in _edge_set(g)}
-  self_loops = int(np.sum((g.senders == g.receivers)
-                          & ~np.asarray(g.edges["shifts"]).any(1)))
-  assert int(phantom.sum()) == len(unmatched) + self_loops
+  assert int(phantom.sum()) == len(unmatched)
   if cap == 5:
     assert unmatched  # the case the phantoms are for
   # The geometry is that of the structure.
@@ -81,16 +88,33 @@ def test_paired_batch_layout_swaps_halves():
                                              minimum_image=False))
   graphs = [f(_periodic(i)) for i in range(3)] + [f(_cluster(5))]
   tot_e = sum(int(g.n_edge[0]) for g in graphs)
-  budget = batching.Budget(64, tot_e + 7, 6)   # odd edge budget: padded even
+  budget = batching.Budget(64, tot_e, 6)  # odd, all used: padded to even
   b = batching.pad_graphs(graphs, budget)
   e = b.senders.shape[0]
-  assert e % 2 == 0 and e >= tot_e + 7
+  assert e % 2 == 0 and e == tot_e + 1
   h = e // 2
-  np.testing.assert_array_equal(b.edges["reverse"], (np.arange(e) + h) % e)
-  np.testing.assert_array_equal(b.senders, np.r_[b.receivers[h:],
-                                                 b.receivers[:h]])
+  rows = np.arange(e)
+  rev = b.edges["reverse"]
+  own = rev == rows
+  np.testing.assert_array_equal(rev[~own], ((rows + h) % e)[~own])
+  np.testing.assert_array_equal(b.senders[~own],
+                                b.receivers[(rows + h) % e][~own])
+  # Self loops (one per atom, an odd count here) share pairs of rows; the
+  # odd one out has a padding partner.
+  num_loops = sum(int(g.n_node[0]) for g in graphs)
+  assert num_loops % 2 == 1
+  real = b.edges["mask"]
+  assert int((own & real).sum()) == num_loops
+  assert int((own & ~real).sum()) == 1
+  assert own[:h].sum() == own[h:].sum()
+  loops = own & real
+  assert np.all(b.senders[loops] == b.receivers[loops])
+  assert not b.edges["shifts"][loops].any()
+  # The two rows of every pair (self loops included) share edge features.
   for key in ("distances", "features"):
-    np.testing.assert_array_equal(b.edges[key][:h], b.edges[key][h:])
+    top, bottom = b.edges[key][:h], b.edges[key][h:]
+    both = real[:h] & real[h:]
+    np.testing.assert_array_equal(top[both], bottom[both])
   # Every graph's edges are there (with node offsets), padding is masked and
   # points at the padding node.
   offsets = np.r_[0, np.cumsum([int(g.n_node[0]) for g in graphs])]
@@ -126,7 +150,10 @@ _STRUCTURES = [_periodic(i) for i in range(4)] + [_cluster(7), _cluster(8)]
                                    dict()])
 def test_gatgnn_is_the_same_model_on_paired_batches(graph):
   plain, paired = _batches(graph, False), _batches(graph, True)
-  assert paired.edges["phantom"].any()  # self loops at least
+  rev = paired.edges["reverse"]
+  assert (rev == np.arange(len(rev))).any()         # paired self loops
+  if graph:
+    assert paired.edges["phantom"].any()            # unmatched edges
   model = hk.transform_with_state(
       lambda g, t: GATGNN(dim=16, num_layers=3, heads=4, remat=True)(g, t))
   params, state = model.init(jax.random.PRNGKey(0), plain, True)

@@ -155,8 +155,11 @@ def test_cpu_compiler_options_keep_results_and_can_be_turned_off(monkeypatch):
   from noisy_nodes.engine import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh(local_only=True)
   opts = parallel.compiler_options(mesh)
-  assert opts == {"xla_cpu_experimental_ynn_fusion_type":
-                  "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  want = {"xla_cpu_experimental_ynn_fusion_type":
+          "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  if parallel._host_has_avx512():  # pylint: disable=protected-access
+    want["xla_cpu_prefer_vector_width"] = 512
+  assert opts == want
   monkeypatch.setenv("NN_XLA_DEFAULTS", "1")
   assert parallel.compiler_options(mesh) == {}
 

@@ -70,6 +70,15 @@ def swap_halves(a: jnp.ndarray) -> jnp.ndarray:
   return jnp.flip(a.reshape((2, -1) + a.shape[1:]), axis=0).reshape(a.shape)
 
 
+def _reverse_rows(a: jnp.ndarray, self_rows: Optional[jnp.ndarray]):
+  """a[reverse] in the paired layout: the swap of halves, except for the
+  rows that are their own reverse."""
+  swapped = swap_halves(a)
+  if self_rows is None:
+    return swapped
+  return jnp.where(self_rows.reshape((-1,) + (1,) * (a.ndim - 1)), a, swapped)
+
+
 class AGATLayer(hk.Module):
   """Augmented graph attention layer (paper eq. 1; reference AGAT layer).
 
@@ -91,7 +100,7 @@ class AGATLayer(hk.Module):
     self.dropout_rate = dropout_rate
 
   def __call__(self, x, e, senders, receivers, edge_mask, is_training,
-               paired=False):
+               paired=False, self_rows=None):
     """x [N, D], e [E, D] -> (x' [N, D], attention α [E, H]).
 
     ``paired``: the batch is in the paired layout of ``noisy_nodes.batching``
@@ -99,7 +108,9 @@ class AGATLayer(hk.Module):
     feature) and ``e`` holds the first E / 2 rows only. Then u_j of an edge
     is u_i of its reverse: act([x ‖ e] W) is evaluated once per edge instead
     of twice and e W_e once per pair instead of twice per edge (the same
-    layer at half the work, forward and backward).
+    layer at half the work, forward and backward). ``self_rows`` [E] bool
+    marks the rows that are their own reverse (self loops, which share a
+    pair of rows with another self loop in that layout).
     """
     n, d = x.shape
     hd = self.heads * self.dim
@@ -119,7 +130,8 @@ class AGATLayer(hk.Module):
     u_i = self.act(pre)                                        # [E, H·D]
     if paired:
       both = head_dot(u_i, jnp.stack([att_i, att_j]))          # [E, 2H]
-      logits = both[:, :self.heads] + swap_halves(both[:, self.heads:])
+      logits = both[:, :self.heads] + _reverse_rows(both[:, self.heads:],
+                                                    self_rows)
     else:
       u_j = self.act(xw[senders] + ew)
       logits = head_dot(u_i, att_i[None]) + head_dot(u_j, att_j[None])
@@ -132,7 +144,7 @@ class AGATLayer(hk.Module):
       # Row t is u_j of edge t's reverse r, whose receiver is senders[t]:
       # Σ_{r -> i} α_r u_j(r) = Σ_{t: senders[t] = i} α_reverse(t) u_i(t).
       msg = (u_i.reshape(-1, self.heads, self.dim)
-             * swap_halves(alpha_used)[:, :, None])
+             * _reverse_rows(alpha_used, self_rows)[:, :, None])
       out = jax.ops.segment_sum(msg, senders, n)               # [N, H, D]
     else:
       msg = u_j.reshape(-1, self.heads, self.dim) * alpha_used[:, :, None]
@@ -183,6 +195,9 @@ class GATGNN(hk.Module):
     # Paired layout: both edges of a pair have the same features, so the
     # edge embedding is computed once per pair (the first half of the rows).
     paired = g.reverse is not None
+    self_rows = None
+    if paired:
+      self_rows = g.reverse == jnp.arange(g.reverse.shape[0])
     edges = g.edges[:g.edges.shape[0] // 2] if paired else g.edges  # E even
     e = leaky(hk.Linear(self.dim, name="pre_fc_edge")(edges))
 
@@ -191,7 +206,7 @@ class GATGNN(hk.Module):
       h, alpha = AGATLayer(self.dim, self.heads, self.activation,
                            self.dropout_rate, name="agat")(
                                h, e, g.senders, g.receivers, g.edge_mask,
-                               is_training, paired)
+                               is_training, paired, self_rows)
       h = stack.make_norm(self.norm, "norm", self.dgn_groups,
                           self.dgn_lamda)(h, g.node_mask, is_training)
       return h, (alpha if self.output_attention else None)
