@@ -8,6 +8,8 @@ Data: ``n`` EMT Pt10 clusters (``crystal.generators.pt10_clusters``) with the
 reference graph (8 Å, 12 nearest neighbours, minimum image, self loops):
 10 nodes and 100 edges each, so a batch of 100 graphs holds 1,000 nodes and
 10,000 edges (padded to 1,001 / 10,000 / 101 by ``noisy_nodes.batching``).
+The edges are in reverse pairs as ``configs/deeper_gatgnn.py`` featurises
+them (``data.graph.pair_edges``: the same model at half the edge work).
 Model: the ``configs/deeper_gatgnn.py`` reference (dim 64, 4 heads,
 DiffGroupNorm + skips) at each depth, through the engine's own pieces:
 ``CrystalPropertyTask.model``, ``parallel.make_train_step`` (AdamW, plateau
