@@ -186,7 +186,13 @@ def _pair_layout(graphs, edges, senders, receivers, tot_n, pad_e):
             for key, v in sorted(edges.items()) if key not in _PAIR_KEYS]
     rows = (np.concatenate([d.view(np.uint8) for d in data], axis=1)
             if data else np.zeros((loops.size, 0), np.uint8))
-    _, group = np.unique(rows, axis=0, return_inverse=True)
+    if np.all(rows == rows[:1]):
+      group = np.zeros(loops.size, np.int64)   # the usual case: one group
+    else:
+      # Rows as opaque byte strings: a 1-D sort (np.unique over axis 0
+      # lexsorts every byte column, 40 ms for a batch of 1000).
+      keys = rows.view(np.dtype((np.void, rows.shape[1]))).reshape(-1)
+      _, group = np.unique(keys, return_inverse=True)
     group = group.reshape(-1)
     groups = int(group.max()) + 1
     for g_ in range(groups):

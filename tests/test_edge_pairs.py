@@ -127,6 +127,20 @@ def test_paired_batch_layout_swaps_halves():
                    b.edges["phantom"][mask].astype(int).tolist()))
   assert got == want
   assert np.all(b.senders[~mask] == offsets[-1])
+  # Self loops with different features are only paired within their group.
+  odd = graphs[0]
+  own = odd.edges["reverse"] == np.arange(len(odd.senders))
+  feats = odd.edges["features"].copy()
+  feats[own] += 1.0
+  mixed = [odd._replace(edges=dict(odd.edges, features=feats))] + graphs[1:]
+  m = batching.pad_graphs(mixed, batching.Budget(64, tot_e + 1, 6))
+  rev = m.edges["reverse"]
+  loops = (rev == np.arange(len(rev))) & m.edges["mask"]
+  assert int(loops.sum()) == num_loops
+  h = len(rev) // 2
+  both = m.edges["mask"][:h] & m.edges["mask"][h:]
+  np.testing.assert_array_equal(m.edges["features"][:h][both],
+                                m.edges["features"][h:][both])
   # A sample that is not paired as pair_reverse_edges pairs is refused.
   bad = graphs[0]._replace(edges=dict(graphs[0].edges,
                                       reverse=graphs[0].edges["reverse"][::-1]))
