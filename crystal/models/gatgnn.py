@@ -70,13 +70,11 @@ def swap_halves(a: jnp.ndarray) -> jnp.ndarray:
   return jnp.flip(a.reshape((2, -1) + a.shape[1:]), axis=0).reshape(a.shape)
 
 
-def _reverse_rows(a: jnp.ndarray, self_rows: Optional[jnp.ndarray]):
+def _reverse_rows(a: jnp.ndarray, self_rows: jnp.ndarray) -> jnp.ndarray:
   """a[reverse] in the paired layout: the swap of halves, except for the
   rows that are their own reverse."""
-  swapped = swap_halves(a)
-  if self_rows is None:
-    return swapped
-  return jnp.where(self_rows.reshape((-1,) + (1,) * (a.ndim - 1)), a, swapped)
+  return jnp.where(self_rows.reshape((-1,) + (1,) * (a.ndim - 1)), a,
+                   swap_halves(a))
 
 
 class AGATLayer(hk.Module):
@@ -100,17 +98,16 @@ class AGATLayer(hk.Module):
     self.dropout_rate = dropout_rate
 
   def __call__(self, x, e, senders, receivers, edge_mask, is_training,
-               paired=False, self_rows=None):
+               self_rows=None):
     """x [N, D], e [E, D] -> (x' [N, D], attention α [E, H]).
 
-    ``paired``: the batch is in the paired layout of ``noisy_nodes.batching``
-    (edge t's reverse is edge (t + E/2) mod E, with an identical edge
-    feature) and ``e`` holds the first E / 2 rows only. Then u_j of an edge
-    is u_i of its reverse: act([x ‖ e] W) is evaluated once per edge instead
-    of twice and e W_e once per pair instead of twice per edge (the same
-    layer at half the work, forward and backward). ``self_rows`` [E] bool
-    marks the rows that are their own reverse (self loops, which share a
-    pair of rows with another self loop in that layout).
+    ``self_rows`` [E] bool, given for a batch in the paired layout of
+    ``noisy_nodes.batching`` (edge t's reverse is edge (t + E/2) mod E, with
+    an identical edge feature, except the rows marked True, self loops that
+    are their own reverse); ``e`` then holds the first E / 2 rows only. u_j
+    of an edge is u_i of its reverse: act([x ‖ e] W) is evaluated once per
+    edge instead of twice and e W_e once per pair instead of twice per edge
+    (the same layer at half the work, forward and backward).
     """
     n, d = x.shape
     hd = self.heads * self.dim
@@ -119,6 +116,7 @@ class AGATLayer(hk.Module):
                            _GLOROT)
     bias = hk.get_parameter("bias", (self.dim,), x.dtype, jnp.zeros)
     att_i, att_j = att[:, :self.dim], att[:, self.dim:]
+    paired = self_rows is not None
     xw = x @ w[:d]                                             # [N, H·D]
     ew = e @ w[d:]                                  # [E, H·D] or [E/2, H·D]
     if paired:
@@ -194,11 +192,10 @@ class GATGNN(hk.Module):
     x = leaky(hk.Linear(self.dim, name="pre_fc_node")(g.nodes))
     # Paired layout: both edges of a pair have the same features, so the
     # edge embedding is computed once per pair (the first half of the rows).
-    paired = g.reverse is not None
-    self_rows = None
-    if paired:
+    self_rows, edges = None, g.edges
+    if g.reverse is not None:
       self_rows = g.reverse == jnp.arange(g.reverse.shape[0])
-    edges = g.edges[:g.edges.shape[0] // 2] if paired else g.edges  # E even
+      edges = g.edges[:g.edges.shape[0] // 2]                     # E even
     e = leaky(hk.Linear(self.dim, name="pre_fc_edge")(edges))
 
     def layer(h, index):
@@ -206,7 +203,7 @@ class GATGNN(hk.Module):
       h, alpha = AGATLayer(self.dim, self.heads, self.activation,
                            self.dropout_rate, name="agat")(
                                h, e, g.senders, g.receivers, g.edge_mask,
-                               is_training, paired, self_rows)
+                               is_training, self_rows)
       h = stack.make_norm(self.norm, "norm", self.dgn_groups,
                           self.dgn_lamda)(h, g.node_mask, is_training)
       return h, (alpha if self.output_attention else None)
