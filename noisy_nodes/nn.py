@@ -82,8 +82,14 @@ def _softplus_jvp(primals, tangents):
   (x,), (dx,) = primals, tangents
   t = jnp.exp(-jnp.abs(x))
   y = jnp.maximum(x, 0) + _log1p_unit(t)
-  # sigmoid(x) = 1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) below.
-  return y, dx * (jnp.where(x >= 0, 1.0, t).astype(x.dtype) / (1.0 + t))
+  # sigmoid(x) = 1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) below. The
+  # division is the last operation of the transposed product (d_y / (1 + t)
+  # * w transposes to d_y * w / (1 + t)): XLA:CPU does not duplicate an
+  # expensive root into several consumers, so d_x is materialised once,
+  # where a cheap root (a multiply by a materialised sigmoid) was evaluated
+  # again by each consumer (AGAT: the scatter of d xw and the pair sum of
+  # d e W_e).
+  return y, (dx / (1.0 + t)) * jnp.where(x >= 0, 1.0, t).astype(x.dtype)
 
 
 def shifted_softplus(x):

@@ -148,6 +148,22 @@ def test_head_dot_and_its_hand_written_gradient():
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
+def test_head_weighted_sum_and_its_hand_written_gradient():
+  from crystal.models import gatgnn  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  u = rng.normal(size=(37, 4, 6)).astype(np.float32)
+  alpha = rng.random(size=(37, 4)).astype(np.float32)
+  cot = rng.normal(size=(37, 6)).astype(np.float32)
+  want_out = np.einsum("ehd,eh->ed", u, alpha)
+  np.testing.assert_allclose(gatgnn.head_weighted_sum(u, alpha), want_out,
+                             rtol=1e-5, atol=1e-5)
+  got_u, got_alpha = jax.vjp(gatgnn.head_weighted_sum, u, alpha)[1](cot)
+  np.testing.assert_allclose(got_u, cot[:, None, :] * alpha[:, :, None],
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(got_alpha, np.einsum("ehd,ed->eh", u, cot),
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_segment_softmax_matches_numpy_and_ignores_mask():
   rng = np.random.RandomState(1)
   logits = rng.randn(9, 2).astype(np.float32) * 30  # large: needs the shift

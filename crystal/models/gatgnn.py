@@ -64,6 +64,31 @@ def _head_dot_bwd(res, g):
 head_dot.defvjp(_head_dot_fwd, _head_dot_bwd)
 
 
+@jax.custom_vjp
+def head_weighted_sum(u: jnp.ndarray, alpha: jnp.ndarray) -> jnp.ndarray:
+  """Σ_h alpha[e, h] u[e, h, :]: u [E, H, D], alpha [E, H] -> [E, D].
+
+  The gradient of alpha, Σ_d u[e, h, d] g[e, d], is a batched dot product:
+  autodiff's multiply-then-sum materialises the [E, H, D] product and
+  XLA:CPU then sums it in two passes (a reduce-window over D); the einsum
+  is one kernel (2x faster; the training step 1.02-1.03x).
+  """
+  return (u * alpha[:, :, None]).sum(axis=1)
+
+
+def _head_weighted_sum_fwd(u, alpha):
+  return head_weighted_sum(u, alpha), (u, alpha)
+
+
+def _head_weighted_sum_bwd(res, g):
+  u, alpha = res
+  return (g[:, None, :] * alpha[:, :, None],
+          jnp.einsum("ehd,ed->eh", u, g))
+
+
+head_weighted_sum.defvjp(_head_weighted_sum_fwd, _head_weighted_sum_bwd)
+
+
 def swap_halves(a: jnp.ndarray) -> jnp.ndarray:
   """a[(t + E/2) mod E]: the reverse-edge gather of the paired edge layout
   (``noisy_nodes.batching.pad_graphs``; E is even) as a swap of halves."""
@@ -141,13 +166,15 @@ class AGATLayer(hk.Module):
     if paired:
       # Row t is u_j of edge t's reverse r, whose receiver is senders[t]:
       # Σ_{r -> i} α_r u_j(r) = Σ_{t: senders[t] = i} α_reverse(t) u_i(t).
-      msg = (u_i.reshape(-1, self.heads, self.dim)
-             * _reverse_rows(alpha_used, self_rows)[:, :, None])
-      out = jax.ops.segment_sum(msg, senders, n)               # [N, H, D]
+      u, weight, seg = u_i, _reverse_rows(alpha_used, self_rows), senders
     else:
-      msg = u_j.reshape(-1, self.heads, self.dim) * alpha_used[:, :, None]
-      out = jax.ops.segment_sum(msg, receivers, n)             # [N, H, D]
-    return out.mean(axis=1) + bias, alpha
+      u, weight, seg = u_j, alpha_used, receivers
+    # Mean over heads before the scatter-add (the same sum, reordered): the
+    # scatter moves [E, D] instead of [E, H, D] (inference 1.4x, training
+    # 1.05-1.1x at 20 layers on XLA:CPU).
+    msg = head_weighted_sum(u.reshape(-1, self.heads, self.dim), weight)
+    out = jax.ops.segment_sum(msg, seg, n) / self.heads
+    return out + bias, alpha
 
 
 class GATGNN(hk.Module):
