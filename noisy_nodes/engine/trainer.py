@@ -197,10 +197,10 @@ class Experiment:
     names = [s.id for s in self.splits[split]]
     for batch, index_lists in batching.eval_batches(graphs, budget,
                                                     self.num_local, names):
-      out = jax.device_get(eval_step(params, state, batch))
       if first_call:
-        runtime.release_free_memory()  # the eval compilation's scratch
+        parallel.compile_ahead(eval_step, params, state, batch)
         first_call, self._eval_compiled = False, True
+      out = jax.device_get(eval_step(params, state, batch))
       for d, idx in enumerate(index_lists):
         if not idx:
           continue
@@ -309,7 +309,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       raise ResumeError(
           f"checkpoint in {workdir} was written with "
           f"{len(meta['data_positions'])} devices, this run has "
-          f"{jax.device_count()}: exact resume needs the same device count")
+          f"{jax.device_count()}: exact resume needs the same device count "
+          f"(on CPU: the same --cpu_devices)")
     if plateau and meta.get("plateau"):
       plateau = optim.Plateau(**meta["plateau"])
     best_value = meta.get("best_value")
@@ -359,10 +360,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       if batch.skipped:
         for msg in batch.skipped:
           logging.warning("skipped oversized sample %s", msg)
-      ts, metrics = step_fn(ts, parallel.shard_batch(batch.graph, exp.mesh))
-      metrics = jax.device_get(metrics)  # block: see SPEC.md on CPU collectives
+      graph = parallel.shard_batch(batch.graph, exp.mesh)
       if step == first_step:
-        runtime.release_free_memory()  # the train step compilation's scratch
+        parallel.compile_ahead(step_fn, ts, graph)
+      ts, metrics = step_fn(ts, graph)
+      metrics = jax.device_get(metrics)  # block: see SPEC.md on CPU collectives
       step += 1
       position = batch.position
       if not metrics["finite"]:
