@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/crystal_bench.py [--depths 5 20 30] [--n 1000]
-      [--batch 100] [--epochs 3] [--repeats 3] [--remat on|off] [--devices 1]
+      [--batch 100] [--epochs 3] [--repeats 3] [--remat on|off] [--devices D]
 
 Data: ``n`` EMT Pt10 clusters (``crystal.generators.pt10_clusters``) with the
 reference graph (8 Å, 12 nearest neighbours, minimum image, self loops):
@@ -13,13 +13,18 @@ them (``data.graph.pair_edges``: the same model at half the edge work).
 Model: the ``configs/deeper_gatgnn.py`` reference (dim 64, 4 heads,
 DiffGroupNorm + skips) at each depth, through the engine's own pieces:
 ``CrystalPropertyTask.model``, ``parallel.make_train_step`` (AdamW, plateau
-scale, L1) and ``parallel.make_eval_step`` on one device.
+scale, L1) and ``parallel.make_eval_step``. Each batch of ``batch`` graphs
+is split over ``devices`` XLA:CPU devices, by default one per core as the
+training CLI's ``--cpu_devices`` (the same maths as one device: gradients
+and norm statistics are reduced over devices; XLA:CPU runs scatter-adds and
+small kernels on one thread, so one device per core keeps both cores busy).
 
 Each depth runs in a fresh subprocess so its peak resident memory
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``: the whole process, Python,
 XLA, data and buffers included) is its own; it is set by XLA's compilation
-scratch, which the engine hands back to the OS after each compilation
-(``engine.runtime.release_free_memory``; this benchmark does the same), and
+scratch, which the engine hands back to the OS after each compilation and
+before the compiled step first runs (``engine.parallel.compile_ahead``;
+this benchmark does the same), and
 the resident memory after the timed runs is printed beside it. Timing: one warm-up epoch
 (compilation), then ``repeats`` timed runs of ``epochs`` epochs over the
 ``n / batch`` pre-padded batches, blocking on every step's result; the best
@@ -129,11 +134,12 @@ def child(args) -> dict:
         jax.block_until_ready(eval_step(eval_params, eval_state, b))
 
   t0 = time.perf_counter()
+  # As the trainer: compile, hand the compiler's scratch back, then run.
+  parallel.compile_ahead(train_step, ts, batches[0])
   ts, m = train_step(ts, batches[0])
   jax.block_until_ready(m["loss"])
-  runtime.release_free_memory()
+  parallel.compile_ahead(eval_step, eval_params, eval_state, batches[0])
   jax.block_until_ready(eval_step(eval_params, eval_state, batches[0]))
-  runtime.release_free_memory()
   ts = train_epochs(ts, 1)
   infer_epochs(1)
   compile_s = time.perf_counter() - t0
@@ -170,18 +176,21 @@ def main():
   p.add_argument("--remat", choices=("on", "off"), default="on",
                  help="rematerialise each layer in the backward pass (the "
                       "config default) or keep every layer's activations")
-  p.add_argument("--devices", type=int, default=1,
+  p.add_argument("--devices", type=int, default=0,
                  help="CPU devices to split each batch over (data parallel "
                       "through the engine's shard_map, same maths as one "
                       "device: gradients and norm statistics are reduced "
-                      "over devices). XLA:CPU runs the backward pass's "
-                      "scatter-adds on one thread; 2 devices on 2 cores "
-                      "run two of them at once.")
+                      "over devices; the training CLI's --cpu_devices). "
+                      "Default 0: one per core (os.cpu_count()) if that "
+                      "divides the batch, else 1.")
   p.add_argument("--json", default="", help="also write the results here")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--depth", type=int, default=20, help=argparse.SUPPRESS)
   p.add_argument("--data", default="", help=argparse.SUPPRESS)
   args = p.parse_args()
+  if args.devices == 0:
+    cores = os.cpu_count() or 1
+    args.devices = cores if args.batch % cores == 0 else 1
   if args.child:
     print("RESULT " + json.dumps(child(args)), flush=True)
     return

@@ -216,7 +216,10 @@ def trained_run(pt_folder, tmp_path_factory):
   cmd = [sys.executable, "-m", "noisy_nodes.train",
          f"--config={ROOT}/configs/deeper_gatgnn.py:tiny",
          f"--workdir={workdir}", f"--config.data.path={pt_folder}",
-         f"--config.data.cache_dir={base / 'cache'}"]
+         f"--config.data.cache_dir={base / 'cache'}",
+         # Two data-parallel CPU devices, 4 of the config's 8 graphs each;
+         # predict (below) then runs on one device.
+         "--cpu_devices=2"]
   res = subprocess.run(cmd, cwd=str(base), env=_env(), capture_output=True,
                        text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
@@ -251,7 +254,13 @@ def _check_outputs(workdir, sizes):
 def test_train_cli_on_folder_leaves_outputs(trained_run, pt_folder):
   """The CLI alone (no write_outputs call) leaves csv / png / json files."""
   with open(os.path.join(trained_run, "config.json")) as f:
-    assert json.load(f)["data"]["path"] == pt_folder
+    config = json.load(f)
+  assert config["data"]["path"] == pt_folder
+  assert config["batch"]["max_graphs"] == 4  # 8 split over --cpu_devices=2
+  with open(os.path.join(trained_run, "checkpoints", "6", "meta",
+                         "metadata")) as f:
+    meta = json.load(f)
+  assert len(meta["data_positions"]) == 2  # one data shard per device
   # 30 samples: 24 train, 1 val, 5 test (0.8/0.05/0.15).
   out = _check_outputs(trained_run, {"val": 1, "test": 5})
   with open(os.path.join(pt_folder, "targets.csv")) as f:
@@ -266,6 +275,18 @@ def test_train_cli_on_folder_leaves_outputs(trained_run, pt_folder):
   val = [r for r in val if r.get("split") == "val"]
   assert out["val"][1]["mae"] == pytest.approx(min(r["mae"] for r in val),
                                                rel=1e-5)
+
+
+def test_cpu_devices_split_the_global_batch():
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from noisy_nodes import train  # pylint: disable=g-import-not-at-top
+  config = _config("deeper_gatgnn", "tiny")
+  config.batch.max_edges = 1000
+  train.split_batch_over_cpu_devices(config, 2)
+  assert (config.batch.max_graphs, config.batch.max_nodes,
+          config.batch.max_edges) == (4, 0, 500)
+  with pytest.raises(app.UsageError, match="batch.max_graphs=4"):
+    train.split_batch_over_cpu_devices(config, 3)
 
 
 def test_outputs_from_latest_checkpoint_without_best(trained_run, tmp_path):
