@@ -1,7 +1,7 @@
 r"""Predict properties of new structure files with a trained crystal run.
 
   python -m crystal.predict --workdir=runs/dg --structures a.cif POSCAR b.vasp \
-      [--checkpoint=best] --out=preds.csv
+      [--checkpoint=best] --out=preds.csv [--cpu_devices=2]
 
 Reads every file with ``crystal.io.read_structure`` (CIF, POSCAR/CONTCAR,
 extxyz, ASE json...), featurises it with the run's settings (``config.json``
@@ -62,7 +62,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                  help="structure files (CIF, POSCAR, extxyz, ASE json...)")
   p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
   p.add_argument("--out", required=True, help="output csv")
+  p.add_argument("--cpu_devices", type=int, default=1,
+                 help="XLA:CPU devices to spread the structures over (one "
+                      "per core is fastest on a CPU-only host)")
   args = p.parse_args(argv)
+  if args.cpu_devices < 1:
+    p.error(f"--cpu_devices must be >= 1, got {args.cpu_devices}")
+  if args.cpu_devices > 1:
+    from noisy_nodes.engine import parallel  # pylint: disable=g-import-not-at-top
+    parallel.set_cpu_devices(args.cpu_devices)
   from crystal import outputs  # pylint: disable=g-import-not-at-top
   try:
     res = predict_files(args.workdir, args.structures, args.checkpoint)

@@ -1,7 +1,7 @@
 r"""Evaluate a saved run without training; prints one JSON line of metrics.
 
   python -m noisy_nodes.evaluate --workdir=runs/oc20 --split=val \
-      --checkpoint=best
+      --checkpoint=best [--cpu_devices=2]
 """
 import json
 import sys
@@ -27,11 +27,19 @@ _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _DIST = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                           "Initialise jax.distributed (auto: SLURM/TPU pod).")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 1, "XLA:CPU devices to spread the evaluation batches over "
+    "(one per core is fastest on a CPU-only host).")
 
 
 def main(argv):
   del argv
   logger.quiet_library_logs()
+  if _CPU_DEVICES.value < 1:
+    raise app.UsageError(f"--cpu_devices must be >= 1, got "
+                         f"{_CPU_DEVICES.value}")
+  if _CPU_DEVICES.value > 1:
+    parallel.set_cpu_devices(_CPU_DEVICES.value)
   parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value,
                                   _DIST.value)
   overrides = {"data.path": _DATA.value} if _DATA.value else None

@@ -218,7 +218,7 @@ def trained_run(pt_folder, tmp_path_factory):
          f"--workdir={workdir}", f"--config.data.path={pt_folder}",
          f"--config.data.cache_dir={base / 'cache'}",
          # Two data-parallel CPU devices, 4 of the config's 8 graphs each;
-         # predict (below) then runs on one device.
+         # the outputs hook then predicts on one device.
          "--cpu_devices=2"]
   res = subprocess.run(cmd, cwd=str(base), env=_env(), capture_output=True,
                        text=True, timeout=600)
@@ -335,7 +335,8 @@ def test_predict_cli_on_cif_and_poscar(trained_run, tmp_path):
   csv_out = str(tmp_path / "preds.csv")
   res = subprocess.run(
       [sys.executable, "-m", "crystal.predict", f"--workdir={trained_run}",
-       "--structures", cif, poscar, f"--out={csv_out}"],
+       "--structures", cif, poscar, f"--out={csv_out}",
+       "--cpu_devices=2"],  # one structure per device
       env=_env(), capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   rows = _read_csv(csv_out)

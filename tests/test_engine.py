@@ -73,9 +73,11 @@ def test_overfits_tiny_dataset_through_the_cli(tmp_path):
     assert key in train[-1]
   assert os.path.exists(os.path.join(workdir, "config.json"))
   assert os.listdir(os.path.join(workdir, "tensorboard"))
-  # Eval-only from the checkpoint reproduces the final validation metrics.
+  # Eval-only from the checkpoint reproduces the final validation metrics,
+  # here over two CPU devices (trained on one).
   ev = subprocess.run([sys.executable, "-m", "noisy_nodes.evaluate",
-                       f"--workdir={workdir}", "--checkpoint=latest"],
+                       f"--workdir={workdir}", "--checkpoint=latest",
+                       "--cpu_devices=2"],
                       env=_env(), capture_output=True, text=True, timeout=300)
   assert ev.returncode == 0, ev.stderr[-3000:]
   metrics = json.loads(ev.stdout.strip().splitlines()[-1])
