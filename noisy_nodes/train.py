@@ -11,8 +11,8 @@ csv, parity plot, metrics; off with ``train.write_outputs=False``). Multi-host
 runs pass ``--coordinator_address/--num_processes/--process_id`` (or the
 NN_* environment variables; see launch/). On a CPU-only host,
 ``--cpu_devices=N`` (e.g. the number of cores) splits each batch over N
-data-parallel CPU devices: the same training, faster. Exit status: 0 done, 2 bad input
-or a checkpoint this run cannot resume (other device count),
+data-parallel CPU devices: the same training, faster. Exit status: 0 done,
+2 bad input or a checkpoint this run cannot resume (other device count),
 3 non-finite loss, 143 preempted (checkpoint written: rerun to resume).
 """
 import json

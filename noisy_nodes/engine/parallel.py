@@ -82,7 +82,7 @@ def set_cpu_devices(count: int) -> None:
   message-passing step on a single thread (scatter-adds, small fusions), so
   on a CPU-only host one device per core keeps the cores busier than one
   device with an intra-op thread pool (DeeperGATGNN, 20 layers, 2 cores:
-  training 1.25x, inference 1.4x; ``benchmarks/crystal_bench.py
+  training 1.1-1.25x, inference 1.3-1.4x; ``benchmarks/crystal_bench.py
   --devices``). Must run before JAX starts its backends; raises otherwise.
   """
   if count < 1:
