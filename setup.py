@@ -36,6 +36,8 @@ setup(
     version="0.1.0",
     description=__doc__,
     packages=find_packages(include=["noisy_nodes*", "crystal*", "launch*"]),
+    # The fused AGAT kernels' source, compiled on first use (agat_cpu.py).
+    package_data={"crystal.models": ["agat_cpu.cc"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

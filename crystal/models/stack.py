@@ -65,6 +65,7 @@ def scanned_stack(layer_fn: Callable[[Any, jnp.ndarray], Tuple[Any, Any]],
                   carry: Any, num_layers: int, *, residual: bool,
                   dropout_rate: float, is_training: bool,
                   remat: bool = False,
+                  remat_saved: Sequence[str] = (),
                   name: str = "conv_stack") -> Tuple[Any, Any]:
   """Applies ``layer_fn`` ``num_layers`` times with unshared parameters.
 
@@ -82,6 +83,10 @@ def scanned_stack(layer_fn: Callable[[Any, jnp.ndarray], Tuple[Any, Any]],
     remat: rematerialise each layer in the backward pass: only the carry is
       kept per layer (e.g. [N, D] instead of several [E, heads·D] edge
       arrays for AGAT), at the cost of one more forward pass per step.
+    remat_saved: with ``remat``, the names (``jax.ad_checkpoint.
+      checkpoint_name``) of small intermediates to keep rather than
+      recompute (the fused AGAT layer's [E, 2H] logits and [N, D] output,
+      so its backward pass never runs the forward kernels again).
   Returns:
     (final carry, aux stacked over layers with leading axis [L]).
   """
@@ -97,7 +102,9 @@ def scanned_stack(layer_fn: Callable[[Any, jnp.ndarray], Tuple[Any, Any]],
     return new, aux
 
   if remat:
-    body = hk.remat(body)
+    policy = (jax.checkpoint_policies.save_only_these_names(*remat_saved)
+              if remat_saved else None)
+    body = hk.remat(body, policy=policy)
   stacked = hk.layer_stack(num_layers, with_per_layer_inputs=True,
                            name=name)(body)
   return stacked(carry, jnp.arange(num_layers))
