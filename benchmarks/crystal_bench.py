@@ -3,6 +3,7 @@
 Usage:
   python benchmarks/crystal_bench.py [--depths 5 20 30] [--n 1000]
       [--batch 100] [--epochs 3] [--repeats 3] [--remat on|off] [--devices D]
+      [--kernels on|off]
 
 Data: ``n`` EMT Pt10 clusters (``crystal.generators.pt10_clusters``) with the
 reference graph (8 Å, 12 nearest neighbours, minimum image, self loops):
@@ -18,6 +19,9 @@ is split over ``devices`` XLA:CPU devices, by default one per core as the
 training CLI's ``--cpu_devices`` (the same maths as one device: gradients
 and norm statistics are reduced over devices; XLA:CPU runs scatter-adds and
 small kernels on one thread, so one device per core keeps both cores busy).
+Training steps run AGAT's edge block as the fused CPU kernels
+(``crystal.models.agat_cpu``, built on first use) unless ``--kernels off``
+(the XLA path, as on GPU/TPU); inference always takes the XLA path.
 
 Each depth runs in a fresh subprocess so its peak resident memory
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``: the whole process, Python,
@@ -83,7 +87,7 @@ def child(args) -> dict:
   from noisy_nodes.engine import optim, parallel, runtime  # pylint: disable=g-import-not-at-top
   from noisy_nodes.structures import load_structures  # pylint: disable=g-import-not-at-top
   from crystal import tasks  # pylint: disable=g-import-not-at-top
-  from crystal.models import count_params  # pylint: disable=g-import-not-at-top
+  from crystal.models import agat_cpu, count_params  # pylint: disable=g-import-not-at-top
 
   config = _config(args.depth, os.path.dirname(args.data), args.remat == "on")
   structures = load_structures(args.data)
@@ -161,7 +165,7 @@ def child(args) -> dict:
       "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
       "rss_mb": _resident_mb(),
       "warmup_s": compile_s, "platform": str(jax.devices()[0].platform),
-      "devices": ndev,
+      "devices": ndev, "kernels": agat_cpu.available(),
   }
 
 
@@ -183,6 +187,9 @@ def main():
                       "over devices; the training CLI's --cpu_devices). "
                       "Default 0: one per core (os.cpu_count()) if that "
                       "divides the batch, else 1.")
+  p.add_argument("--kernels", choices=("on", "off"), default="on",
+                 help="train with the fused AGAT CPU kernels where they build "
+                      "(default) or on the XLA path (NN_AGAT_KERNEL=0)")
   p.add_argument("--json", default="", help="also write the results here")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--depth", type=int, default=20, help=argparse.SUPPRESS)
@@ -206,6 +213,8 @@ def main():
                f"{args.devices}")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
                os.environ.get("PYTHONPATH", ""))
+    if args.kernels == "off":
+      env["NN_AGAT_KERNEL"] = "0"
     if args.devices > 1:
       env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                           f" --xla_force_host_platform_device_count="
@@ -227,6 +236,7 @@ def main():
   print(f"\n{args.n} Pt10 clusters, batch {args.batch} "
         f"({r0['nodes_per_batch']} nodes, {r0['edges_per_batch']} edges), "
         f"remat {args.remat}, {r0['devices']} {r0['platform']} device(s), "
+        f"AGAT CPU kernels {'on' if r0['kernels'] else 'off'}, "
         f"os.cpu_count()={os.cpu_count()}, load average "
         f"{os.getloadavg()[0]:.1f}")
   print(f"{'layers':>6} {'params':>9} {'train g/s':>16} {'infer g/s':>16} "

@@ -90,6 +90,7 @@ def _load() -> Optional[str]:
   try:
     path = _library_path()
     if not os.path.exists(path):
+      logging.info("building the AGAT CPU kernels into %s", path)
       _compile(path)
     lib = ctypes.cdll.LoadLibrary(path)
     for name in _TARGETS:
@@ -109,6 +110,11 @@ def available() -> bool:
 
 def _f32(shape):
   return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _call(target, results):
+  # vmap (not used by the engine) runs the kernel once per batch element.
+  return jax.ffi.ffi_call(target, results, vmap_method="sequential")
 
 
 def _index(a):
@@ -138,7 +144,7 @@ def attention_dots(xw, ew, receivers, segments, att):
   to ``messages`` (same receivers/segments)."""
   n, hd = xw.shape
   e, heads = receivers.shape[0], att.shape[1]
-  both = jax.ffi.ffi_call("AgatAttentionDots", _f32((e, 2 * heads)))(
+  both = _call("AgatAttentionDots", _f32((e, 2 * heads)))(
       xw, ew, _index(receivers), att)
   return both, jnp.zeros((_link_size(n, hd // heads, e, heads),), xw.dtype)
 
@@ -155,7 +161,7 @@ def _attention_dots_bwd(res, cotangents):
   e, heads = receivers.shape[0], att.shape[1]
   g_out = g_link[:n * (hd // heads)].reshape(n, hd // heads)
   weight = g_link[n * (hd // heads):].reshape(e, heads)
-  d_xw, d_ew, d_att = jax.ffi.ffi_call(
+  d_xw, d_ew, d_att = _call(
       "AgatEdgeBlockGrad", (_f32(xw.shape), _f32(ew.shape), _f32(att.shape)))(
           xw, ew, _index(receivers), _index(segments), att, g_both, weight,
           g_out)
@@ -172,7 +178,7 @@ def messages(xw, ew, receivers, segments, weight, link):
   xw, ew, receivers and segments)."""
   del link
   n, hd = xw.shape
-  return jax.ffi.ffi_call("AgatMessages", _f32((n, hd // weight.shape[1])))(
+  return _call("AgatMessages", _f32((n, hd // weight.shape[1])))(
       xw, ew, _index(receivers), _index(segments), weight)
 
 
@@ -183,7 +189,7 @@ def _messages_fwd(xw, ew, receivers, segments, weight, link):
 
 def _messages_bwd(res, g_out):
   xw, ew, receivers, segments, weight = res
-  d_weight = jax.ffi.ffi_call("AgatMessagesWeightGrad", _f32(weight.shape))(
+  d_weight = _call("AgatMessagesWeightGrad", _f32(weight.shape))(
       xw, ew, _index(receivers), _index(segments), g_out)
   link = jnp.concatenate([g_out.reshape(-1), weight.reshape(-1)])
   return (jnp.zeros_like(xw), jnp.zeros_like(ew), None, None, d_weight, link)

@@ -114,6 +114,8 @@ class AGATLayer(hk.Module):
     x_i' = mean_h Σ_j α_ij,h u_j,h + bias
   [x ‖ e] W = x W_x + e W_e, so x W_x is computed once per node and e W_e
   once per edge (shared by both endpoints) instead of twice per edge.
+  Training steps on XLA:CPU evaluate the paired edge block with the fused
+  kernels of ``agat_cpu`` (the same maths; ``tests/test_agat_cpu.py``).
   """
 
   def __init__(self, dim: int, heads: int = 4, activation: str = "softplus",
