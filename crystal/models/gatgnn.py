@@ -148,7 +148,8 @@ class AGATLayer(hk.Module):
     paired = self_rows is not None
     # Training steps on XLA:CPU run the paired edge block as the agat_cpu
     # kernels, which never store an [E, H·D] array (training 1.35x).
-    fused = paired and is_training and self.fused
+    fused = (paired and is_training and x.dtype == jnp.float32 and
+             self.fused)
     xw = x @ w[:d]                                             # [N, H·D]
     ew = e @ w[d:]                                  # [E, H·D] or [E/2, H·D]
     if fused:
