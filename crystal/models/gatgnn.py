@@ -206,7 +206,7 @@ class AGATLayer(hk.Module):
 
 _FUSED = None  # tests and benchmarks: force the kernels on/off
 # With remat, the fused layer keeps its [E, 2H] logits and [N, D] messages
-# (20 layers: 7 MB per 10,000 edges) so the backward pass goes straight to
+# (20 layers, 10,000 edges, 1,000 nodes: 11 MB) so the backward goes straight to
 # the gradient kernels instead of running the forward walks again (training
 # step 1.18x). The XLA path names nothing: it saves nothing, as before.
 _REMAT_SAVED = ("agat_both", "agat_messages")
