@@ -35,10 +35,14 @@ def _middle(heads):
 
 # dim 16: the AVX-512 row code; dim 6: the portable loops. halves 2: the
 # paired layout (rows t and t + P share ew[t]); 1: one ew row per edge.
-@pytest.mark.parametrize("dim,halves", [(16, 2), (6, 2), (16, 1)])
-def test_kernels_match_the_jnp_edge_block(dim, halves):
+# 2048 pairs: the walks split over XLA's intra-op threads (>= 512 rows per
+# chunk), each chunk with its own scatter accumulators.
+@pytest.mark.parametrize("dim,halves,pairs,nodes", [
+    (16, 2, 23, 9), (6, 2, 23, 9), (16, 1, 23, 9), (16, 2, 2048, 600)])
+def test_kernels_match_the_jnp_edge_block(dim, halves, pairs, nodes):
   heads = 4
-  xw, ew, receivers, segments, att = _inputs(0, 9, 23, halves, heads, dim)
+  xw, ew, receivers, segments, att = _inputs(0, nodes, pairs, halves, heads,
+                                             dim)
   middle = _middle(heads)
 
   def loss(block):
@@ -50,7 +54,7 @@ def test_kernels_match_the_jnp_edge_block(dim, halves):
       xw, ew, receivers, segments, att, middle)
   got = jax.jit(agat_cpu.edge_block, static_argnums=5)(
       xw, ew, receivers, segments, att, middle)
-  assert got.shape == (9, dim)
+  assert got.shape == (nodes, dim)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   (l0, g0), (l1, g1) = (loss(agat_cpu.reference_edge_block)(xw, ew, att),
                         loss(agat_cpu.edge_block)(xw, ew, att))

@@ -7,7 +7,9 @@
 // memory-bound on them. These kernels never materialise one: each walks the
 // edges once, rebuilds the row's pre-activation from the node term xw
 // [N, H·D] (cache-resident) and the pair term ew [P, H·D], and reduces it
-// straight into the small outputs.
+// straight into the small outputs. Each walk splits its rows over XLA:CPU's
+// intra-op thread pool (one device using all cores; with one device per
+// core the chunks mostly run on the calling thread).
 //
 // Row t (of E) reads ew row t mod P: P = E / 2 in the paired edge layout
 // (both edges of a reverse pair share e·W_e), P = E otherwise. Indices
@@ -15,9 +17,13 @@
 // XLA's gather and scatter do. Math follows noisy_nodes/nn.py's softplus:
 // y = max(x, 0) + t·P9(t), sigmoid(x) = (x >= 0 ? 1 : t) / (1 + t), t = e^-|x|.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -166,6 +172,67 @@ inline int64_t clamp_index(int32_t i, int64_t n) {
 
 inline bool in_range(int32_t i, int64_t n) { return i >= 0 && i < n; }
 
+// Runs body(c) for c in [0, chunks) on the calling thread and XLA:CPU's
+// intra-op pool. Chunks are claimed from a counter by whichever thread is
+// free, the caller included, so the call never waits on a task that has not
+// started (no deadlock when the pool is busy or shared by several devices);
+// a task that starts after the last claim exits without touching `body`.
+template <typename Body>
+void parallel_chunks(ffi::ThreadPool& pool, int64_t chunks, const Body& body) {
+  if (chunks <= 1) {
+    if (chunks == 1) body(0);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  const Body* fn = &body;
+  auto work = [state, fn, chunks]() {
+    for (int64_t c; (c = state->next.fetch_add(1)) < chunks;) {
+      (*fn)(c);
+      if (state->done.fetch_add(1) + 1 == chunks) {
+        std::lock_guard<std::mutex> lock(state->mu);
+        state->cv.notify_all();
+      }
+    }
+  };
+  for (int64_t i = 1; i < chunks; ++i) {
+    auto task = work;
+    pool.Schedule(std::move(task));
+  }
+  work();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done.load() == chunks; });
+}
+
+// How many chunks to split `rows` edge rows into: one per pool thread, at
+// least 512 rows each, and at most 64 MB of per-chunk [N, width] scatter
+// accumulators (chunk 0 writes the output itself).
+int64_t num_chunks(ffi::ThreadPool& pool, int64_t rows, int64_t acc_floats) {
+  int64_t chunks = std::max<int64_t>(1, pool.num_threads());
+  chunks = std::min<int64_t>(chunks, std::max<int64_t>(1, rows / 512));
+  if (acc_floats > 0)
+    chunks = std::min<int64_t>(
+        chunks, 1 + (int64_t{16} << 20) / std::max<int64_t>(1, acc_floats));
+  return chunks;
+}
+
+// [begin, end) of chunk c of n items.
+inline int64_t chunk_begin(int64_t c, int64_t chunks, int64_t n) {
+  return n * c / chunks;
+}
+
+// out += Σ over the other chunks' accumulators.
+void reduce_into(float* out, const std::vector<std::vector<float>>& acc) {
+  for (const auto& a : acc)
+    if (!a.empty())
+#pragma GCC ivdep
+      for (size_t j = 0; j < a.size(); ++j) out[j] += a[j];
+}
+
 // An edge block's inputs: xw [N, H·D], ew [P, H·D], E edge rows (E a
 // multiple of P) with their receivers and (message) segments.
 struct Edges {
@@ -203,7 +270,8 @@ ffi::Error read_edges(const ffi::Buffer<ffi::F32>& xw,
 }
 
 // Forward 1, the attention dots: both[t, k·H + h] = u[t, h]·att[k, h].
-ffi::Error AttentionDotsImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> ew,
+ffi::Error AttentionDotsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw,
+                             ffi::Buffer<ffi::F32> ew,
                              ffi::Buffer<ffi::S32> receivers,
                              ffi::Buffer<ffi::F32> att,
                              ffi::ResultBuffer<ffi::F32> both) {
@@ -214,21 +282,26 @@ ffi::Error AttentionDotsImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> ew,
     return err;
   const float* a = att.typed_data();
   float* out = both->typed_data();
-  std::vector<float> u(d.hd);
-  for (int64_t t = 0; t < d.e; ++t) {
-    d.row<false>(t, u.data(), nullptr);
-    float* o = out + t * 2 * d.heads;
-    for (int64_t k = 0; k < 2; ++k)
-      for (int64_t h = 0; h < d.heads; ++h)
-        o[k * d.heads + h] = dot(u.data() + h * d.dim,
-                                 a + k * d.hd + h * d.dim, d.dim);
-  }
+  const int64_t chunks = num_chunks(pool, d.e, 0);
+  parallel_chunks(pool, chunks, [&](int64_t c) {
+    std::vector<float> u(d.hd);
+    for (int64_t t = chunk_begin(c, chunks, d.e);
+         t < chunk_begin(c + 1, chunks, d.e); ++t) {
+      d.row<false>(t, u.data(), nullptr);
+      float* o = out + t * 2 * d.heads;
+      for (int64_t k = 0; k < 2; ++k)
+        for (int64_t h = 0; h < d.heads; ++h)
+          o[k * d.heads + h] = dot(u.data() + h * d.dim,
+                                   a + k * d.hd + h * d.dim, d.dim);
+    }
+  });
   return ffi::Error::Success();
 }
 
 // Forward 2, the messages: out[seg[t]] += Σ_h weight[t, h] u[t, h]
 // (out [N, D], zeroed first; rows with seg outside [0, N) are dropped).
-ffi::Error MessagesImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> ew,
+ffi::Error MessagesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw,
+                        ffi::Buffer<ffi::F32> ew,
                         ffi::Buffer<ffi::S32> receivers,
                         ffi::Buffer<ffi::S32> segments,
                         ffi::Buffer<ffi::F32> weight,
@@ -239,26 +312,39 @@ ffi::Error MessagesImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> ew,
       !err.success())
     return err;
   const float* wt = weight.typed_data();
-  float* o = out->typed_data();
-  std::fill(o, o + d.n * d.dim, 0.0f);
-  std::vector<float> u(d.hd);
-  for (int64_t t = 0; t < d.e; ++t) {
-    if (!in_range(d.seg[t], d.n)) continue;
-    d.row<false>(t, u.data(), nullptr);
-    float* os = o + d.seg[t] * d.dim;
-    for (int64_t h = 0; h < d.heads; ++h) {
-      const float wh = wt[t * d.heads + h];
-      const float* uh = u.data() + h * d.dim;
-#pragma GCC ivdep
-      for (int64_t c = 0; c < d.dim; ++c) os[c] += wh * uh[c];
+  float* result = out->typed_data();
+  const int64_t chunks = num_chunks(pool, d.e, d.n * d.dim);
+  std::vector<std::vector<float>> acc(chunks);  // chunk 0: `result` itself
+  parallel_chunks(pool, chunks, [&](int64_t c) {
+    float* o = result;
+    if (c > 0) {
+      acc[c].assign(d.n * d.dim, 0.0f);
+      o = acc[c].data();
+    } else {
+      std::fill(o, o + d.n * d.dim, 0.0f);
     }
-  }
+    std::vector<float> u(d.hd);
+    for (int64_t t = chunk_begin(c, chunks, d.e);
+         t < chunk_begin(c + 1, chunks, d.e); ++t) {
+      if (!in_range(d.seg[t], d.n)) continue;
+      d.row<false>(t, u.data(), nullptr);
+      float* os = o + d.seg[t] * d.dim;
+      for (int64_t h = 0; h < d.heads; ++h) {
+        const float wh = wt[t * d.heads + h];
+        const float* uh = u.data() + h * d.dim;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < d.dim; ++j) os[j] += wh * uh[j];
+      }
+    }
+  });
+  reduce_into(result, acc);
   return ffi::Error::Success();
 }
 
 // Gradient of the messages for their weights: d_weight[t, h] =
 // u[t, h]·g_out[seg[t]] (0 where seg is outside [0, N)).
-ffi::Error MessagesWeightGradImpl(ffi::Buffer<ffi::F32> xw,
+ffi::Error MessagesWeightGradImpl(ffi::ThreadPool pool,
+                                  ffi::Buffer<ffi::F32> xw,
                                   ffi::Buffer<ffi::F32> ew,
                                   ffi::Buffer<ffi::S32> receivers,
                                   ffi::Buffer<ffi::S32> segments,
@@ -271,18 +357,22 @@ ffi::Error MessagesWeightGradImpl(ffi::Buffer<ffi::F32> xw,
     return err;
   const float* go = g_out.typed_data();
   float* gw = d_weight->typed_data();
-  std::vector<float> u(d.hd);
-  for (int64_t t = 0; t < d.e; ++t) {
-    float* out = gw + t * d.heads;
-    if (!in_range(d.seg[t], d.n)) {
-      std::fill(out, out + d.heads, 0.0f);
-      continue;
+  const int64_t chunks = num_chunks(pool, d.e, 0);
+  parallel_chunks(pool, chunks, [&](int64_t c) {
+    std::vector<float> u(d.hd);
+    for (int64_t t = chunk_begin(c, chunks, d.e);
+         t < chunk_begin(c + 1, chunks, d.e); ++t) {
+      float* out = gw + t * d.heads;
+      if (!in_range(d.seg[t], d.n)) {
+        std::fill(out, out + d.heads, 0.0f);
+        continue;
+      }
+      d.row<false>(t, u.data(), nullptr);
+      const float* g = go + d.seg[t] * d.dim;
+      for (int64_t h = 0; h < d.heads; ++h)
+        out[h] = dot(u.data() + h * d.dim, g, d.dim);
     }
-    d.row<false>(t, u.data(), nullptr);
-    const float* g = go + d.seg[t] * d.dim;
-    for (int64_t h = 0; h < d.heads; ++h)
-      out[h] = dot(u.data() + h * d.dim, g, d.dim);
-  }
+  });
   return ffi::Error::Success();
 }
 
@@ -291,7 +381,8 @@ ffi::Error MessagesWeightGradImpl(ffi::Buffer<ffi::F32> xw,
 //               + weight[t, h] g_out[seg[t]]
 //   d pre = d u · sigmoid(pre);  d_xw[receiver] += d pre;
 //   d_ew[t mod P] += d pre;  d_att[k, h] += g_both[t, k·H + h] u[t, h].
-ffi::Error EdgeBlockGradImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> ew,
+ffi::Error EdgeBlockGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw,
+                             ffi::Buffer<ffi::F32> ew,
                              ffi::Buffer<ffi::S32> receivers,
                              ffi::Buffer<ffi::S32> segments,
                              ffi::Buffer<ffi::F32> att,
@@ -311,46 +402,64 @@ ffi::Error EdgeBlockGradImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> ew,
   const float* gb = g_both.typed_data();
   const float* wt = weight.typed_data();
   const float* go = g_out.typed_data();
-  float* dx = d_xw->typed_data();
+  float* dx_out = d_xw->typed_data();
   float* de = d_ew->typed_data();
-  float* ga0 = d_att->typed_data();
-  float* ga1 = ga0 + d.hd;
-  std::fill(dx, dx + d.n * d.hd, 0.0f);
-  std::fill(ga0, ga0 + 2 * d.hd, 0.0f);
-  std::vector<float> u(d.hd), s(d.hd), dpre(d.hd), zero(d.dim, 0.0f);
+  float* ga_out = d_att->typed_data();
   const int64_t halves = d.e / d.p;
-  for (int64_t p = 0; p < d.p; ++p) {   // both rows of a pair, then d_ew[p]
-    float* dep = de + p * d.hd;
-    std::fill(dep, dep + d.hd, 0.0f);
-    for (int64_t k = 0; k < halves; ++k) {
-      const int64_t t = p + k * d.p;
-      d.row<true>(t, u.data(), s.data());
-      const float* g = in_range(d.seg[t], d.n) ? go + d.seg[t] * d.dim
-                                               : zero.data();
-      for (int64_t h = 0; h < d.heads; ++h) {
-        const float g0 = gb[t * 2 * d.heads + h];
-        const float g1 = gb[t * 2 * d.heads + d.heads + h];
-        const float wh = wt[t * d.heads + h];
-        const int64_t o = h * d.dim;
-        const float* uh = u.data() + o;
-        const float* sh = s.data() + o;
-        float* dh = dpre.data() + o;
+  // Chunks of pairs: d_ew rows are each chunk's own; d_xw and d_att are
+  // accumulated per chunk (chunk 0 into the outputs) and summed at the end.
+  const int64_t chunks = num_chunks(pool, d.e, d.n * d.hd);
+  std::vector<std::vector<float>> acc_x(chunks), acc_a(chunks);
+  parallel_chunks(pool, chunks, [&](int64_t c) {
+    float* dx = dx_out;
+    float* ga0 = ga_out;
+    if (c > 0) {
+      acc_x[c].assign(d.n * d.hd, 0.0f);
+      acc_a[c].assign(2 * d.hd, 0.0f);
+      dx = acc_x[c].data();
+      ga0 = acc_a[c].data();
+    } else {
+      std::fill(dx, dx + d.n * d.hd, 0.0f);
+      std::fill(ga0, ga0 + 2 * d.hd, 0.0f);
+    }
+    float* ga1 = ga0 + d.hd;
+    std::vector<float> u(d.hd), s(d.hd), dpre(d.hd), zero(d.dim, 0.0f);
+    for (int64_t p = chunk_begin(c, chunks, d.p);
+         p < chunk_begin(c + 1, chunks, d.p); ++p) {  // a pair's rows, d_ew[p]
+      float* dep = de + p * d.hd;
+      std::fill(dep, dep + d.hd, 0.0f);
+      for (int64_t k = 0; k < halves; ++k) {
+        const int64_t t = p + k * d.p;
+        d.row<true>(t, u.data(), s.data());
+        const float* g = in_range(d.seg[t], d.n) ? go + d.seg[t] * d.dim
+                                                 : zero.data();
+        for (int64_t h = 0; h < d.heads; ++h) {
+          const float g0 = gb[t * 2 * d.heads + h];
+          const float g1 = gb[t * 2 * d.heads + d.heads + h];
+          const float wh = wt[t * d.heads + h];
+          const int64_t o = h * d.dim;
+          const float* uh = u.data() + o;
+          const float* sh = s.data() + o;
+          float* dh = dpre.data() + o;
 #pragma GCC ivdep
-        for (int64_t c = 0; c < d.dim; ++c) {
-          dh[c] = (g0 * a0[o + c] + g1 * a1[o + c] + wh * g[c]) * sh[c];
-          ga0[o + c] += g0 * uh[c];
-          ga1[o + c] += g1 * uh[c];
+          for (int64_t j = 0; j < d.dim; ++j) {
+            dh[j] = (g0 * a0[o + j] + g1 * a1[o + j] + wh * g[j]) * sh[j];
+            ga0[o + j] += g0 * uh[j];
+            ga1[o + j] += g1 * uh[j];
+          }
+        }
+#pragma GCC ivdep
+        for (int64_t j = 0; j < d.hd; ++j) dep[j] += dpre[j];
+        if (in_range(d.rcv[t], d.n)) {
+          float* dxr = dx + d.rcv[t] * d.hd;
+#pragma GCC ivdep
+          for (int64_t j = 0; j < d.hd; ++j) dxr[j] += dpre[j];
         }
       }
-#pragma GCC ivdep
-      for (int64_t j = 0; j < d.hd; ++j) dep[j] += dpre[j];
-      if (in_range(d.rcv[t], d.n)) {
-        float* dxr = dx + d.rcv[t] * d.hd;
-#pragma GCC ivdep
-        for (int64_t j = 0; j < d.hd; ++j) dxr[j] += dpre[j];
-      }
     }
-  }
+  });
+  reduce_into(dx_out, acc_x);
+  reduce_into(ga_out, acc_a);
   return ffi::Error::Success();
 }
 
@@ -361,21 +470,21 @@ ffi::Error EdgeBlockGradImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> ew,
 #define AGAT_RET_F32 .Ret<ffi::Buffer<ffi::F32>>()
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AgatAttentionDots, AttentionDotsImpl,
-                              ffi::Ffi::Bind() AGAT_ARG_F32 AGAT_ARG_F32
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() AGAT_ARG_F32 AGAT_ARG_F32
                                   AGAT_ARG_S32 AGAT_ARG_F32 AGAT_RET_F32);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AgatMessages, MessagesImpl,
-                              ffi::Ffi::Bind() AGAT_ARG_F32 AGAT_ARG_F32
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() AGAT_ARG_F32 AGAT_ARG_F32
                                   AGAT_ARG_S32 AGAT_ARG_S32 AGAT_ARG_F32
                                       AGAT_RET_F32);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AgatMessagesWeightGrad, MessagesWeightGradImpl,
-                              ffi::Ffi::Bind() AGAT_ARG_F32 AGAT_ARG_F32
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() AGAT_ARG_F32 AGAT_ARG_F32
                                   AGAT_ARG_S32 AGAT_ARG_S32 AGAT_ARG_F32
                                       AGAT_RET_F32);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AgatEdgeBlockGrad, EdgeBlockGradImpl,
-                              ffi::Ffi::Bind() AGAT_ARG_F32 AGAT_ARG_F32
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() AGAT_ARG_F32 AGAT_ARG_F32
                                   AGAT_ARG_S32 AGAT_ARG_S32 AGAT_ARG_F32
                                       AGAT_ARG_F32 AGAT_ARG_F32 AGAT_ARG_F32
                                           AGAT_RET_F32 AGAT_RET_F32

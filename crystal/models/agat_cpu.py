@@ -11,7 +11,8 @@ each with a hand-written gradient (``jax.custom_vjp``). On XLA:CPU the
 layer is memory-bound on ~15 materialised [E, H·D] arrays; these kernels
 walk the edges once per call and never store one (u and sigmoid(pre) are
 rebuilt from xw, cache-resident, and ew), so the layer's activation memory
-is its [E, 2H] logits and [N, D] output. GPUs and TPUs keep the XLA path.
+is its [E, 2H] logits and [N, D] output. Each walk splits its rows over
+XLA:CPU's intra-op threads. GPUs and TPUs keep the XLA path.
 
 The C++ source is compiled on first use with the host's C++ compiler
 (``g++ -O3 -march=native``; ``$CXX`` overrides) into
