@@ -225,6 +225,18 @@ inline int64_t chunk_begin(int64_t c, int64_t chunks, int64_t n) {
   return n * c / chunks;
 }
 
+// Chunk c's zeroed scatter accumulator of `size` floats: the output itself
+// for chunk 0, its own buffer in `acc[c]` for the others.
+float* chunk_accumulator(int64_t c, float* out, int64_t size,
+                         std::vector<std::vector<float>>& acc) {
+  if (c == 0) {
+    std::fill(out, out + size, 0.0f);
+    return out;
+  }
+  acc[c].assign(size, 0.0f);
+  return acc[c].data();
+}
+
 // out += Σ over the other chunks' accumulators.
 void reduce_into(float* out, const std::vector<std::vector<float>>& acc) {
   for (const auto& a : acc)
@@ -314,15 +326,9 @@ ffi::Error MessagesImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw,
   const float* wt = weight.typed_data();
   float* result = out->typed_data();
   const int64_t chunks = num_chunks(pool, d.e, d.n * d.dim);
-  std::vector<std::vector<float>> acc(chunks);  // chunk 0: `result` itself
+  std::vector<std::vector<float>> acc(chunks);
   parallel_chunks(pool, chunks, [&](int64_t c) {
-    float* o = result;
-    if (c > 0) {
-      acc[c].assign(d.n * d.dim, 0.0f);
-      o = acc[c].data();
-    } else {
-      std::fill(o, o + d.n * d.dim, 0.0f);
-    }
+    float* o = chunk_accumulator(c, result, d.n * d.dim, acc);
     std::vector<float> u(d.hd);
     for (int64_t t = chunk_begin(c, chunks, d.e);
          t < chunk_begin(c + 1, chunks, d.e); ++t) {
@@ -411,17 +417,8 @@ ffi::Error EdgeBlockGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xw,
   const int64_t chunks = num_chunks(pool, d.e, d.n * d.hd);
   std::vector<std::vector<float>> acc_x(chunks), acc_a(chunks);
   parallel_chunks(pool, chunks, [&](int64_t c) {
-    float* dx = dx_out;
-    float* ga0 = ga_out;
-    if (c > 0) {
-      acc_x[c].assign(d.n * d.hd, 0.0f);
-      acc_a[c].assign(2 * d.hd, 0.0f);
-      dx = acc_x[c].data();
-      ga0 = acc_a[c].data();
-    } else {
-      std::fill(dx, dx + d.n * d.hd, 0.0f);
-      std::fill(ga0, ga0 + 2 * d.hd, 0.0f);
-    }
+    float* dx = chunk_accumulator(c, dx_out, d.n * d.hd, acc_x);
+    float* ga0 = chunk_accumulator(c, ga_out, 2 * d.hd, acc_a);
     float* ga1 = ga0 + d.hd;
     std::vector<float> u(d.hd), s(d.hd), dpre(d.hd), zero(d.dim, 0.0f);
     for (int64_t p = chunk_begin(c, chunks, d.p);
