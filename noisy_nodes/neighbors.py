@@ -13,24 +13,19 @@ as given (not wrapped into the cell). In ASE's notation
 D = positions[j] - positions[i] + S @ cell) our (sender, receiver, shift) is
 ASE's (i, j, S).
 
-Algorithm (no Python loop over atoms or pairs):
+Algorithm:
   1. Complete the cell: periodic rows are kept, non-periodic rows are replaced
      by an orthonormal basis of their complement (so molecules may have a zero
-     cell, and slabs any vacuum vector). Periodic positions are wrapped into
-     fractional [0, 1); the wrap is undone in the returned shifts.
-  2. Number of images per periodic direction d is n_d = ceil(cutoff / h_d),
-     h_d = 1 / |b_d| the distance between lattice planes (b_d the dual
-     vector). A displacement shorter than the cutoff has fractional component
-     at most cutoff / h_d along d, so images t_d in [-n_d, n_d] suffice; this
-     handles cells much shorter than the cutoff. Images whose fractional
-     coordinate lies farther than cutoff / h_d outside [0, 1) cannot reach
-     any (wrapped) atom and are dropped.
-  3. Cell list: image points are binned on a Cartesian grid of bins of side
-     cutoff / 2 and sorted by bin id; each receiver looks at the 5 x 5 columns
-     of bins around it, each column being a contiguous run of sorted ids
-     (two ``searchsorted`` per column). Candidates are expanded with
-     ``repeat``/``arange`` and filtered by distance. Cost and memory are
-     O(N * neighbours), not O(N^2 * images).
+     cell, and slabs any vacuum vector).
+  2. The search is vesin's (https://github.com/Luthaf/vesin, a C++ cell list
+     made for periodic atomistic systems; it handles cells shorter than the
+     cutoff and positions outside the cell). Measured on
+     benchmarks/neighbors_bench.py it is several times faster than the numpy
+     cell list this module used before (docs/design.md, "Neighbour lists").
+  3. On top of it, vectorised in numpy: vectors and distances recomputed from
+     the given positions with the inclusive cutoff test, the deterministic
+     (receiver, distance, sender, shift) order, minimum image, the k-nearest
+     cap and self loops, which vesin does not provide.
 
 Ties in ``max_neighbors`` and ``minimum_image`` are broken by (distance,
 sender, shift lexicographic); distances are compared after rounding to
@@ -43,6 +38,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import numpy as np
+import vesin
 
 from noisy_nodes.structures import DataError
 
@@ -50,9 +46,6 @@ from noisy_nodes.structures import DataError
 TIE_RESOLUTION = 1e-8
 # Largest number of periodic image points we agree to build (memory guard).
 MAX_IMAGE_POINTS = 20_000_000
-# Bins have side cutoff / _BIN_DIVISIONS; each receiver scans
-# (2 * _BIN_DIVISIONS + 1)^3 bins. 2 gives ~3.7 candidates per true edge.
-_BIN_DIVISIONS = 2
 
 
 class NeighborList(NamedTuple):
@@ -192,15 +185,20 @@ def _complete_cell(cell, pbc, sample):
 
 # -- search --------------------------------------------------------------------
 def _search(positions, cell, pbc, cutoff, sample):
-  """Candidate edges (senders, receivers, shifts) with distance ~<= cutoff."""
-  n = positions.shape[0]
-  inv = np.linalg.inv(cell)
-  frac = positions @ inv                                        # [N, 3]
-  wrap = np.where(pbc, np.floor(frac), 0.0)                     # [N, 3]
-  frac_w = frac - wrap
-  pos_w = positions - wrap @ cell
+  """Candidate edges (senders, receivers, shifts) with distance ~<= cutoff.
 
-  # Plane spacing h_d = 1 / |b_d| (b_d = column d of inv); reach in fractions.
+  The search itself is vesin's (a cell list in C++, ~3-4x our former numpy
+  cell list on OC20-size slabs: benchmarks/neighbors_bench.py). Its pair
+  (i, j, S) has D = x_j - x_i + S @ cell, so our (sender, receiver, shift)
+  is its (i, j, S), as with ASE. vesin handles cells shorter than the cutoff
+  (several images per direction) and positions outside the cell; what it
+  lacks (the inclusive cutoff, k-nearest caps with a deterministic tie-break,
+  minimum image, self loops) is done by the caller on its output.
+  """
+  n = positions.shape[0]
+  # Memory guard before handing the search to vesin: the number of periodic
+  # images a cell this small needs (plane spacing h_d = 1 / |b_d|).
+  inv = np.linalg.inv(cell)
   reach = cutoff * np.linalg.norm(inv, axis=0)                  # [3]
   n_img = np.where(pbc, np.ceil(reach), 0).astype(np.int64)
   n_images = int(np.prod(2 * n_img + 1))
@@ -210,76 +208,17 @@ def _search(positions, cell, pbc, cutoff, sample):
                     f"needed (plane spacings "
                     f"{np.round(1 / np.linalg.norm(inv, axis=0), 4).tolist()}"
                     " Å)")
-  if n_images == 1:
-    img_atom = np.arange(n)
-    img_shift = np.zeros((n, 3), np.int64)
-    img_pos = pos_w.copy()
-  else:
-    grids = [np.arange(-k, k + 1) for k in n_img]
-    t = np.stack(np.meshgrid(*grids, indexing="ij"), -1).reshape(-1, 3)
-    img_frac = frac_w[None] + t[:, None]                        # [T, N, 3]
-    tol = 1e-9
-    ok = np.all((img_frac >= -reach - tol) & (img_frac <= 1 + reach + tol)
-                | ~pbc, axis=-1)                                # [T, N]
-    t_idx, img_atom = np.nonzero(ok)
-    img_shift = t[t_idx]
-    img_pos = pos_w[img_atom] + img_shift @ cell
-
-  # Cell list over image points, padded by `m` empty bins on each side so
-  # that neighbouring bin ids never wrap around the grid.
-  m = _BIN_DIVISIONS
-  lo = img_pos.min(axis=0)
-  extent = img_pos.max(axis=0) - lo
-  # Bins may be larger than cutoff / m (never smaller), which keeps bin ids in
-  # int64 for absurdly spread-out inputs without affecting correctness.
-  size = max(cutoff / m, float(extent.max()) / 1e5)
-  dims = np.floor(extent / size).astype(np.int64) + 1 + 2 * m
-  strides = np.array([dims[1] * dims[2], dims[2], 1], np.int64)
-  img_bin = ((np.floor((img_pos - lo) / size).astype(np.int64) + m)
-             @ strides)
-  order = np.argsort(img_bin, kind="stable")
-  sorted_bin = img_bin[order]
-
-  rec_bin = (np.floor((pos_w - lo) / size).astype(np.int64) + m) @ strides
-  d = np.arange(-m, m + 1)
-  columns = (d[:, None] * strides[0] + d[None, :] * strides[1]).ravel()
-  # One contiguous run of bins (z from -m to +m) per (receiver, column).
-  centre = (rec_bin[:, None] + columns[None, :]).ravel()        # [N * C]
-  start = np.searchsorted(sorted_bin, centre - m, "left")
-  counts = np.searchsorted(sorted_bin, centre + m, "right") - start
-  per_receiver = counts.reshape(n, columns.size).sum(axis=1)
-  total = int(per_receiver.sum())
-  first = np.cumsum(counts) - counts
-  cand = np.repeat(start - first, counts) + np.arange(total)   # sorted index
-
-  # Column by column: 1-D gathers are several times faster than gathering
-  # [E, 3] rows, and a * a + b * b beats einsum for a length-3 axis.
-  d2 = _sq_dist(pos_w, img_pos[order], cand, per_receiver)
-  # Slack so that round-off between wrapped and given frames never drops an
-  # edge; the exact test on the given positions is made by the caller.
-  keep = np.nonzero(d2 <= (cutoff * (1 + 1e-9) + 1e-9) ** 2)[0]
-  receivers = np.repeat(np.arange(n), per_receiver)[keep]
-  cand = order[cand[keep]]                                      # image index
-  senders = img_atom[cand]
-  # x_i - (x_j^w + t cell) = x_i - x_j + (w_j - w_i - t) cell.
-  wrap = wrap.astype(np.int64)
-  shifts = [wrap[:, k][senders] - wrap[:, k][receivers] - img_shift[:, k][cand]
-            for k in range(3)]
-  not_self = (senders != receivers) | (shifts[0] != 0) | (shifts[1] != 0) | (
-      shifts[2] != 0)
-  shifts = np.stack([s[not_self] for s in shifts], axis=1)
-  return senders[not_self], receivers[not_self], shifts
-
-
-def _sq_dist(rec_pos, img_pos, cand, per_receiver):
-  """|rec_pos[repeat(arange, per_receiver)] - img_pos[cand]|^2, [E]."""
-  d2 = None
-  for k in range(3):
-    dk = np.repeat(rec_pos[:, k], per_receiver)
-    dk -= img_pos[:, k][cand]
-    dk *= dk
-    d2 = dk if d2 is None else d2 + dk
-  return d2
+  # Slack so that vesin's round-off (or a strict '<') never drops an edge at
+  # the cutoff; the exact inclusive test is made by the caller.
+  search = vesin.NeighborList(cutoff=cutoff * (1 + 1e-9) + 1e-9,
+                              full_list=True)
+  i, j, shifts = search.compute(points=positions, box=cell,
+                                periodic=[bool(p) for p in pbc],
+                                quantities="ijS")
+  i, j, shifts = (i.astype(np.int64), j.astype(np.int64),
+                  shifts.astype(np.int64))
+  not_self = (i != j) | np.any(shifts != 0, axis=1)
+  return i[not_self], j[not_self], shifts[not_self]
 
 
 # -- helpers -------------------------------------------------------------------
