@@ -4,21 +4,21 @@ r"""Predict properties of new structure files with a trained crystal run.
       [--checkpoint=best] --out=preds.csv [--cpu_devices=2]
 
 Reads every file with ``crystal.io.read_structure`` (CIF, POSCAR/CONTCAR,
-extxyz, ASE json...), featurises it with the run's settings (``config.json``
-plus the distance range and target statistics stored in the checkpoint), and
-writes one csv row per file: id, file, prediction(s). Exit status 2 for bad
-input (unreadable file, missing run).
+extxyz, ASE json...) and predicts with ``noisy_nodes.load(workdir)``
+(featurised with the run's settings: ``config.json`` plus the distance range
+and target statistics stored in the checkpoint); writes one csv row per
+file: id, file, prediction(s). Elements the run never saw in training get a
+warning on stderr. Exit status 2 for bad input (unreadable file, missing
+run).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
-from noisy_nodes import batching
 from noisy_nodes.structures import DataError
 
 
@@ -30,26 +30,12 @@ def predict_files(workdir: str, files: Sequence[str], which: str = "best"
     {"ids": [n], "files": [n], "prediction": float64 [n, T]} in the order of
     ``files``.
   """
-  from noisy_nodes.engine import trainer  # pylint: disable=g-import-not-at-top
+  from crystal import io as io_lib  # pylint: disable=g-import-not-at-top
   if not files:
     raise DataError("--structures", "no structure files given")
-  exp, ts, _, budget, _ = trainer.restore_run(
-      workdir, which, overrides={"data.predict_files": list(files)},
-      example_split="example")
-  graphs = exp.graphs("predict")
-  # Structures larger than the training batches get a larger budget (one
-  # more compilation) instead of an error.
-  n_max = max(int(g.n_node[0]) for g in graphs)
-  e_max = max(int(g.n_edge[0]) for g in graphs)
-  if not budget.fits(n_max, e_max):
-    budget = batching.Budget(max(budget.max_nodes, n_max),
-                             max(budget.max_edges, e_max), budget.max_graphs)
-  params = ts.ema_params if exp.config.optim.get("ema_decay", 0) else (
-      ts.params)
-  preds = exp.predict(params, ts.state, "predict", budget)
-  pred = np.stack([np.atleast_1d(p) for p in preds["target"]]).astype(
-      np.float64)
-  structures = exp.splits["predict"]
+  predictor = noisy_nodes.load(workdir, which)
+  structures = [io_lib.read_structure(p) for p in files]
+  pred = predictor.predict(structures)["target"]
   return {"ids": [s.id for s in structures],
           "files": [s.info.get("source", "") for s in structures],
           "prediction": pred}
@@ -72,11 +58,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     from noisy_nodes.engine import parallel  # pylint: disable=g-import-not-at-top
     parallel.set_cpu_devices(args.cpu_devices)
   from crystal import outputs  # pylint: disable=g-import-not-at-top
+  from noisy_nodes import api  # pylint: disable=g-import-not-at-top
   try:
-    res = predict_files(args.workdir, args.structures, args.checkpoint)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always", api.UnseenElementWarning)
+      res = predict_files(args.workdir, args.structures, args.checkpoint)
   except (DataError, FileNotFoundError) as e:
     print(f"error: bad input: {e}", file=sys.stderr)
     return 2
+  for w in caught:
+    if issubclass(w.category, api.UnseenElementWarning):
+      print(f"warning: {w.message}", file=sys.stderr)
+    else:
+      warnings.showwarning(w.message, w.category, w.filename, w.lineno)
   outputs.write_predictions_csv(args.out, res["ids"], res["prediction"],
                                 extra={"file": res["files"]})
   print(f"wrote {len(res['ids'])} predictions to {args.out}")

@@ -276,6 +276,11 @@ class CrystalPropertyTask(Task):
     self.target_std = np.asarray(state["target_std"], np.float64)
     self._cached = {}
 
+  def check_input(self, structure: Structure) -> Structure:
+    """The dataset reader's checks (``crystal.io.check_structure``)."""
+    from crystal import io as io_lib  # pylint: disable=g-import-not-at-top
+    return io_lib.check_structure(structure)
+
   def featurize(self, structure: Structure, rng: Optional[np.random.Generator],
                 training: bool) -> jraph.GraphsTuple:
     del rng, training  # deterministic features

@@ -2,6 +2,8 @@ r"""Evaluate a saved run without training; prints one JSON line of metrics.
 
   python -m noisy_nodes.evaluate --workdir=runs/oc20 --split=val \
       --checkpoint=best [--cpu_devices=2]
+
+A wrapper over ``noisy_nodes.load(workdir, checkpoint).evaluate(split)``.
 """
 import json
 import sys
@@ -10,9 +12,9 @@ from absl import app
 from absl import flags
 
 import noisy_nodes  # noqa: F401
+from noisy_nodes import api
 from noisy_nodes.engine import logger
 from noisy_nodes.engine import parallel
-from noisy_nodes.engine import trainer
 from noisy_nodes.structures import DataError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
@@ -42,10 +44,9 @@ def main(argv):
     parallel.set_cpu_devices(_CPU_DEVICES.value)
   parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value,
                                   _DIST.value)
-  overrides = {"data.path": _DATA.value} if _DATA.value else None
   try:
-    metrics = trainer.evaluate(_WORKDIR.value, _SPLIT.value, _CKPT.value,
-                               overrides)
+    metrics = api.load(_WORKDIR.value, _CKPT.value).evaluate(
+        _SPLIT.value, data_path=_DATA.value)
   except (DataError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -351,6 +351,102 @@ def test_predict_cli_on_cif_and_poscar(trained_run, tmp_path):
   assert bad.returncode == 2 and "missing.cif" in bad.stderr
 
 
+# -- the Python API (noisy_nodes.load) ------------------------------------------
+def _test_split_atoms(trained_run):
+  """(rows of predictions_test.csv, the test clusters as ase.Atoms)."""
+  import ase.io  # pylint: disable=g-import-not-at-top
+  rows = _read_csv(os.path.join(trained_run, "predictions_test.csv"))
+  with open(os.path.join(trained_run, "config.json")) as f:
+    folder = json.load(f)["data"]["path"]
+  return rows, [ase.io.read(os.path.join(folder, r["id"] + ".json"))
+                for r in rows]
+
+
+def test_load_predicts_as_training_evaluated(trained_run):
+  """load(...).predict on the test clusters (ase.Atoms, pymatgen Molecules,
+  the run's own Structure records) == predictions_test.csv, which the
+  training CLI's evaluation wrote from the same checkpoint; a periodic box
+  as ase.Atoms and as a pymatgen Structure gives the same numbers."""
+  from pymatgen.io.ase import AseAtomsAdaptor  # pylint: disable=g-import-not-at-top
+  rows, atoms = _test_split_atoms(trained_run)
+  model = noisy_nodes.load(trained_run)
+  want = np.array([[float(r["prediction"])] for r in rows])
+  pred = model.predict(atoms)["target"]
+  assert pred.shape == (5, 1) and pred.dtype == np.float64
+  np.testing.assert_allclose(pred, want, rtol=1e-5, atol=1e-6)
+  molecules = [AseAtomsAdaptor.get_molecule(a) for a in atoms]
+  np.testing.assert_allclose(model.predict(molecules)["target"], pred,
+                             rtol=1e-6, atol=1e-7)
+  records = {s.id: s for s in model.dataset("test")}
+  np.testing.assert_allclose(
+      model.predict([records[r["id"]] for r in rows])["target"], pred,
+      rtol=1e-6, atol=1e-7)
+  # The evaluation CLI's metrics come from the same predictions.
+  metrics = model.evaluate("test")
+  true = np.array([[float(r["target"])] for r in rows])
+  assert metrics["mae"] == pytest.approx(np.mean(np.abs(pred - true)),
+                                         rel=1e-5)
+  box = atoms[0].copy()
+  box.set_cell([30.0, 30.0, 30.0])
+  box.center()
+  box.pbc = True
+  p_box = model.predict(box)["target"]
+  p_pmg = model.predict(AseAtomsAdaptor.get_structure(box))["target"]
+  np.testing.assert_allclose(p_pmg, p_box, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(p_box, pred[:1], rtol=1e-4, atol=1e-5)
+  emb = model.embed(atoms[:2])
+  assert [e.shape[0] for e in emb["node_embedding"]] == [10, 10]
+  np.testing.assert_allclose(emb["graph_embedding"],
+                             [e.mean(0) for e in emb["node_embedding"]],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_ase_calculator_gives_energy_and_no_forces(trained_run):
+  from ase.calculators.calculator import PropertyNotImplementedError  # pylint: disable=g-import-not-at-top
+  from ase.optimize import BFGS  # pylint: disable=g-import-not-at-top
+  _, atoms = _test_split_atoms(trained_run)
+  model = noisy_nodes.load(trained_run)
+  a = atoms[1]
+  a.calc = model.as_ase_calculator()
+  assert a.get_potential_energy() == pytest.approx(
+      float(model.predict(a)["target"][0, 0]), rel=1e-7)
+  with pytest.raises(PropertyNotImplementedError, match="force-free"):
+    a.get_forces()
+  with pytest.raises(PropertyNotImplementedError, match="force-free"):
+    BFGS(a, logfile=None).run(fmax=0.05, steps=2)
+
+
+def test_load_refuses_what_training_refuses(trained_run):
+  """Bad inputs get the dataset reader's errors (crystal.io.check_structure)
+  naming the item; an element never seen in training gets a warning."""
+  import ase  # pylint: disable=g-import-not-at-top
+  import ase.build  # pylint: disable=g-import-not-at-top
+  from crystal import io as io_lib  # pylint: disable=g-import-not-at-top
+  model = noisy_nodes.load(trained_run)
+  _, atoms = _test_split_atoms(trained_run)
+  overlap = atoms[0].copy()
+  overlap.positions[1] = overlap.positions[0]
+  with pytest.raises(DataError) as training_error:
+    io_lib.check_structure(Structure.from_ase(overlap, id="items[1]"))
+  with pytest.raises(DataError) as api_error:
+    model.predict([atoms[0], overlap])
+  assert str(api_error.value) == str(training_error.value)
+  assert "items[1]" in str(api_error.value)
+  nan = atoms[0].copy()
+  nan.positions[0, 0] = np.nan
+  with pytest.raises(DataError, match="non-finite"):
+    model.predict(nan)
+  with pytest.raises(DataError, match="no atoms"):
+    model.predict(ase.Atoms())
+  with pytest.raises(TypeError, match="ase.Atoms"):
+    model.predict(["POSCAR"])
+  with pytest.warns(noisy_nodes.api.UnseenElementWarning, match="Cu"):
+    out = model.predict(ase.build.bulk("Cu", "fcc", a=3.6, cubic=True))
+  assert np.all(np.isfinite(out["target"]))
+  with pytest.raises(DataError, match="no config.json"):
+    noisy_nodes.load(os.path.dirname(trained_run))
+
+
 def test_cross_validation_prints_table(pt_folder, tmp_path, capsys):
   from noisy_nodes import train as train_cli  # pylint: disable=g-import-not-at-top
   c = _config("cgcnn", "tiny", tmp_path / "cache", path=pt_folder,

@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import pytest
 
+from ase.constraints import FixAtoms
+
 import noisy_nodes  # noqa: F401
 from noisy_nodes import batching
 from noisy_nodes import noise
@@ -170,6 +172,29 @@ def test_is2rs_trains_and_scores_adwt(emt_folder, tmp_path):
               )[s.node_arrays["fixed"] == 0] for s in val]
   assert final["baseline_positions_mae"] == pytest.approx(
       np.mean(np.concatenate(d)), rel=1e-9)
+  # noisy_nodes.load: the evaluation's energies and relaxed positions from
+  # the ase.Atoms of the initial structures (tags and FixAtoms carried).
+  model = noisy_nodes.load(str(tmp_path / "is2rs"), "latest")
+  atoms = []
+  for s in val:
+    a = s.to_ase()
+    a.set_constraint(FixAtoms(mask=s.node_arrays["fixed"] == 1))
+    atoms.append(a)
+  pred = model.predict(atoms)
+  true = np.array([s.targets["energy_relaxed"] for s in val]).reshape(-1)
+  assert np.mean(np.abs(pred["energy"] - true)) == pytest.approx(
+      final["energy_mae"], rel=1e-5)
+  mine = oc20_metrics.is2rs_metrics(
+      pred["node_positions"], [s.node_arrays["positions_relaxed"] for s in val],
+      [s.cell for s in val], np.stack([s.pbc for s in val]),
+      [s.node_arrays["fixed"] for s in val])
+  assert mine["positions_mae"] == pytest.approx(final["positions_mae"],
+                                                rel=1e-5)
+  atoms[0].calc = model.as_ase_calculator()
+  assert atoms[0].get_potential_energy() == pytest.approx(pred["energy"][0])
+  np.testing.assert_allclose(
+      atoms[0].calc.get_property("positions_relaxed", atoms[0]),
+      pred["node_positions"][0])
 
 
 def test_cli_tiny_generates_trains_and_evaluates(tmp_path):

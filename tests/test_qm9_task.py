@@ -108,3 +108,18 @@ def test_trains_a_few_steps_and_reports_qm9_metrics(raw_folder, tmp_path):
   assert final["std_mae/U0"] == pytest.approx(final["mae/U0"] / sigma)
   again = trainer.evaluate(workdir, split="val", which="latest")
   assert again["mae/U0"] == pytest.approx(final["mae/U0"], rel=1e-6)
+  # The Python API on the same molecules, unlabelled, as ase.Atoms and as
+  # pymatgen Molecules: the evaluation's MAE, in referenced eV.
+  from pymatgen.io.ase import AseAtomsAdaptor  # pylint: disable=g-import-not-at-top
+  model = noisy_nodes.load(workdir, "latest")
+  atoms = [s.to_ase() for s in splits["val"]]
+  pred = model.predict(atoms)
+  assert sorted(pred) == ["U0"] and pred["U0"].shape == (2,)
+  true = np.array([task._referenced(s)[0] for s in splits["val"]])
+  assert np.mean(np.abs(pred["U0"] - true)) == pytest.approx(final["mae/U0"],
+                                                            rel=1e-5)
+  molecules = [AseAtomsAdaptor.get_molecule(a) for a in atoms]
+  np.testing.assert_allclose(model.predict(molecules)["U0"], pred["U0"],
+                             rtol=1e-6)
+  calc = model.as_ase_calculator()
+  assert calc.get_potential_energy(atoms[0]) == pytest.approx(pred["U0"][0])

@@ -132,6 +132,7 @@ class CrysGNNPretrainTask(Task):
 
   selection_metric = "loss"
   randomized_features = False
+  prediction_keys = ()  # a teacher predicts no property: Predictor.embed
 
   def __init__(self, config):
     super().__init__(config)
@@ -466,6 +467,8 @@ def load_teacher(workdir: str, which: str = "best",
 
 class CrysGNNDistillTask(CrystalPropertyTask):
   """Property prediction distilled from a frozen CrysGNN (module docstring)."""
+
+  prediction_keys = ("target",)  # not the KD metric's node_kd_sq
 
   def __init__(self, config):
     super().__init__(config)

@@ -6,7 +6,8 @@ A checkpoint holds two items:
     NamedTuples come back as NamedTuples (SPEC.md);
   * ``meta``: JSON — each process's data-stream position, the plateau
     controller, the best validation value, the task's statistics (target
-    normalisation...) and the batch budget.
+    normalisation...), the batch budget and the atomic numbers of the
+    training split (``train_elements``: prediction warns about others).
 Orbax writes into a temporary directory and renames it when complete, so a
 kill during a write never leaves a checkpoint that breaks restore: the partial
 directory is ignored and the previous checkpoint is used.

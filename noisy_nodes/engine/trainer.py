@@ -165,22 +165,15 @@ class Experiment:
     return hk.transform_with_state(self.task.model)
 
   def init_state(self, example: jraph.GraphsTuple, optimizer) -> parallel.TrainState:
-    """Fresh TrainState from one single-device example batch.
+    return init_train_state(self.task, self.transformed(),
+                            int(self.config.train.seed), example, optimizer)
 
-    Initialised in evaluation mode so that running statistics start at their
-    initial values (a training-mode init would already update them once).
-    """
-    seed = int(self.config.train.seed)
-    key = jax.random.PRNGKey(seed)
-    init_key, key = jax.random.split(key)
-    params, state = jax.jit(
-        lambda k, g: self.transformed().init(k, g, False))(init_key, example)
-    params, state = self.task.init_params(params, state)
-    runtime.release_free_memory()  # the init compilation's scratch
-    return parallel.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, state=state,
-        opt_state=optimizer.init(params), ema_params=params,
-        rng=jax.random.key_data(key) if key.dtype != jnp.uint32 else key)
+  def train_elements(self) -> List[int]:
+    """Atomic numbers present in the training split (saved in checkpoints:
+    prediction warns about elements the model never saw)."""
+    zs = {int(z) for s in self.splits.get("train", ())
+          for z in np.unique(s.atomic_numbers)}
+    return sorted(zs)
 
   def predict(self, params, state, split: str, budget: batching.Budget):
     """Predictions for every structure of a split (EMA params if given)."""
@@ -190,29 +183,10 @@ class Experiment:
     if self._eval_step is None:
       self._eval_step = parallel.make_eval_step(self.task, self.transformed(),
                                                 self.local_mesh)
-    eval_step, first_call = self._eval_step, not self._eval_compiled
-    params = jax.device_put(parallel.to_host(params))
-    state = jax.device_put(parallel.to_host(state))
-    preds: Dict[str, List[Optional[np.ndarray]]] = {}
-    names = [s.id for s in self.splits[split]]
-    for batch, index_lists in batching.eval_batches(graphs, budget,
-                                                    self.num_local, names):
-      if first_call:
-        parallel.compile_ahead(eval_step, params, state, batch)
-        first_call, self._eval_compiled = False, True
-      out = jax.device_get(eval_step(params, state, batch))
-      for d, idx in enumerate(index_lists):
-        if not idx:
-          continue
-        n_node = batch.n_node[d][:len(idx)]
-        node_off = np.concatenate([[0], np.cumsum(n_node)])
-        for key, val in out.items():
-          lst = preds.setdefault(key, [None] * len(graphs))
-          for j, i in enumerate(idx):
-            if key.startswith("node_"):
-              lst[i] = val[d][node_off[j]:node_off[j + 1]]
-            else:
-              lst[i] = val[d][j]
+    preds = predict_graphs(self._eval_step, params, state, graphs, budget,
+                           self.num_local, [s.id for s in self.splits[split]],
+                           compile_first=not self._eval_compiled)
+    self._eval_compiled = True
     return preds
 
   def evaluate(self, params, state, split: str, budget: batching.Budget
@@ -226,6 +200,62 @@ class Experiment:
     return metrics
 
 
+def init_train_state(task: task_base.Task, transformed: hk.TransformedWithState,
+                     seed: int, example: jraph.GraphsTuple, optimizer
+                     ) -> parallel.TrainState:
+  """Fresh TrainState from one single-device example batch.
+
+  Initialised in evaluation mode so that running statistics start at their
+  initial values (a training-mode init would already update them once).
+  """
+  key = jax.random.PRNGKey(seed)
+  init_key, key = jax.random.split(key)
+  params, state = jax.jit(
+      lambda k, g: transformed.init(k, g, False))(init_key, example)
+  params, state = task.init_params(params, state)
+  runtime.release_free_memory()  # the init compilation's scratch
+  return parallel.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, state=state,
+      opt_state=optimizer.init(params), ema_params=params,
+      rng=jax.random.key_data(key) if key.dtype != jnp.uint32 else key)
+
+
+def predict_graphs(eval_step, params, state,
+                   graphs: Sequence[jraph.GraphsTuple],
+                   budget: batching.Budget, devices: int,
+                   names: Optional[Sequence[str]] = None,
+                   compile_first: bool = False
+                   ) -> Dict[str, List[np.ndarray]]:
+  """Runs ``eval_step`` (``parallel.make_eval_step``) over ``graphs``.
+
+  One ordered pass in batches padded to ``budget``, ``devices`` batches per
+  step. Returns {key: [len(graphs)] arrays}: [n_i, ...] for ``node_`` keys,
+  the graph's row otherwise.
+  """
+  params = jax.device_put(parallel.to_host(params))
+  state = jax.device_put(parallel.to_host(state))
+  preds: Dict[str, List[Optional[np.ndarray]]] = {}
+  for batch, index_lists in batching.eval_batches(graphs, budget, devices,
+                                                  names):
+    if compile_first:
+      parallel.compile_ahead(eval_step, params, state, batch)
+      compile_first = False
+    out = jax.device_get(eval_step(params, state, batch))
+    for d, idx in enumerate(index_lists):
+      if not idx:
+        continue
+      n_node = batch.n_node[d][:len(idx)]
+      node_off = np.concatenate([[0], np.cumsum(n_node)])
+      for key, val in out.items():
+        lst = preds.setdefault(key, [None] * len(graphs))
+        for j, i in enumerate(idx):
+          if key.startswith("node_"):
+            lst[i] = val[d][node_off[j]:node_off[j + 1]]
+          else:
+            lst[i] = val[d][j]
+  return preds
+
+
 def _meta(exp: Experiment, positions, plateau, best_value, budget, step):
   return {
       "step": int(step),
@@ -234,6 +264,7 @@ def _meta(exp: Experiment, positions, plateau, best_value, budget, step):
       "best_value": best_value,
       "task_state": exp.task.state_dict(),
       "budget": [budget.max_nodes, budget.max_edges, budget.max_graphs],
+      "train_elements": exp.train_elements(),
   }
 
 
@@ -422,6 +453,46 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   return {k: v for k, v in val_metrics.items()}
 
 
+def read_config(workdir: str, overrides: Optional[Dict[str, Any]] = None
+                ) -> ml_collections.ConfigDict:
+  """A run's resolved ``config.json`` with dotted-key ``overrides``."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise DataError(workdir, "not a run directory (no config.json)")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  for k, v in (overrides or {}).items():
+    _set_path(config, k, v)
+  return config
+
+
+def restore_train_state(workdir: str, which: str, task: task_base.Task,
+                        config: ml_collections.ConfigDict,
+                        example: jraph.GraphsTuple, mesh):
+  """(TrainState, meta, step) of a checkpoint, replicated over ``mesh``.
+
+  ``example`` (one padded single-device batch) only gives the shapes of the
+  target the checkpoint is restored against.
+  """
+  optimizer = optim.make_optimizer(config.optim)
+  host = init_train_state(task, hk.transform_with_state(task.model),
+                          int(config.train.seed), example, optimizer)
+  ckpt = ckpt_lib.Checkpointer(workdir)
+  try:
+    return ckpt.restore(parallel.replicate(host, mesh), which)
+  finally:
+    ckpt.close()
+
+
+def restore_meta(workdir: str, which: str):
+  """(meta, step) of the ``best``/``latest`` checkpoint, without arrays."""
+  ckpt = ckpt_lib.Checkpointer(workdir)
+  try:
+    return ckpt.restore_meta(which)
+  finally:
+    ckpt.close()
+
+
 def restore_run(workdir: str, which: str = "best",
                 overrides: Optional[Dict[str, Any]] = None,
                 example_split: str = "val"):
@@ -429,38 +500,30 @@ def restore_run(workdir: str, which: str = "best",
 
   The task's statistics (target normalisation...) come from the checkpoint,
   so predictions need no access to the training data's statistics.
+  (``noisy_nodes.load`` rebuilds a run without its data.)
   """
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  for k, v in (overrides or {}).items():
-    _set_path(config, k, v)
+  config = read_config(workdir, overrides)
   exp = Experiment(config, workdir, need_train_data=False)
-  ckpt = ckpt_lib.Checkpointer(workdir)
-  try:
-    meta, step = ckpt.restore_meta(which)
-    exp.task.load_state_dict(meta["task_state"])
-    budget = batching.Budget(*meta["budget"])
-    optimizer = optim.make_optimizer(config.optim)
-    graphs = exp.graphs(example_split)
-    if not graphs:
-      raise DataError(example_split, f"split {example_split!r} is empty")
-    example = batching.pad_graphs(graphs[:1], budget)
-    target = parallel.replicate(exp.init_state(example, optimizer), exp.mesh)
-    ts, _, step = ckpt.restore(target, which)
-  finally:
-    ckpt.close()
+  meta, _ = restore_meta(workdir, which)
+  exp.task.load_state_dict(meta["task_state"])
+  budget = batching.Budget(*meta["budget"])
+  graphs = exp.graphs(example_split)
+  if not graphs:
+    raise DataError(example_split, f"split {example_split!r} is empty")
+  example = batching.pad_graphs(graphs[:1], budget)
+  ts, _, step = restore_train_state(workdir, which, exp.task, config, example,
+                                    exp.mesh)
   return exp, ts, meta, budget, step
 
 
 def evaluate(workdir: str, split: str = "val", which: str = "best",
              overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-  """Evaluates a saved run on ``split`` with its ``best``/``latest`` params."""
-  exp, ts, _, budget, step = restore_run(workdir, which, overrides, split)
-  params = ts.ema_params if exp.config.optim.get("ema_decay", 0) else (
-      ts.params)
-  metrics = exp.evaluate(params, ts.state, split, budget)
-  metrics.update(step=step, split=split, checkpoint=which)
-  return metrics
+  """Evaluates a saved run on ``split`` with its ``best``/``latest`` params.
+
+  The same as ``noisy_nodes.load(workdir, which).evaluate(split, ...)``.
+  """
+  from noisy_nodes import api  # pylint: disable=g-import-not-at-top
+  return api.load(workdir, which).evaluate(split, overrides=overrides)
 
 
 def _set_path(config, dotted: str, value):

@@ -34,6 +34,9 @@ class Task(abc.ABC):
   #: True when training featurisation depends on the RNG (noise, frame
   #: sampling); otherwise training graphs are featurised once and cached.
   randomized_features: bool = False
+  #: Keys of ``predict`` that ``noisy_nodes.Predictor.predict`` returns
+  #: (None: all of them); the others are terms of the task's metrics.
+  prediction_keys: Optional[Tuple[str, ...]] = None
 
   def __init__(self, config):
     self.config = config
@@ -55,6 +58,11 @@ class Task(abc.ABC):
 
   def load_state_dict(self, state: Mapping[str, Any]) -> None:
     del state
+
+  def check_input(self, structure: Structure) -> Structure:
+    """Raises ``DataError`` for a structure this task's data reader would
+    reject (``noisy_nodes.Predictor`` checks new inputs with it)."""
+    return structure.validate()
 
   @abc.abstractmethod
   def featurize(self, structure: Structure, rng: Optional[np.random.Generator],

@@ -166,7 +166,10 @@ class QM9Task(Task):
       positions, target = sample.positions, sample.target
     else:
       target = np.zeros_like(positions)
-    y = (self._referenced(s) - self.mean) / self.std
+    if all(t in s.targets for t in self.targets):
+      y = (self._referenced(s) - self.mean) / self.std
+    else:  # an unlabelled molecule (prediction); training data has labels
+      y = np.zeros(len(self.targets))
     return structure_to_graph(
         s, float(d.cutoff), int(d.get("max_neighbors", 0)) or None,
         positions=positions,
