@@ -79,6 +79,17 @@ def test_pretrain_engine_steps_and_host_metrics(teacher_dir):
   for k in names:
     np.testing.assert_allclose(host[k], float(metrics[k] / weight), rtol=1e-4)
   np.testing.assert_allclose(host["loss"], float(total / weight), rtol=1e-4)
+  # noisy_nodes.load on the teacher: the model's embeddings, no property.
+  preds = exp.predict(ts.params, ts.state, "val", budget)
+  model = noisy_nodes.load(teacher_dir, "latest")
+  emb = model.embed(exp.splits["val"])
+  np.testing.assert_allclose(emb["graph_embedding"],
+                             np.stack(preds["crystal_embedding"]),
+                             rtol=1e-5, atol=1e-6)
+  assert [e.shape[0] for e in emb["node_embedding"]] == [
+      s.num_atoms for s in exp.splits["val"]]
+  with pytest.raises(ValueError, match="Predictor.embed"):
+    model.predict(exp.splits["val"])
   # The engine logged the same numbers at its last evaluation (step 6).
   val = _rows(teacher_dir, "val")[-1]
   assert val["step"] == 6
@@ -137,6 +148,14 @@ def test_distillation_keeps_teacher_frozen(teacher_dir, tmp_path):
   assert n_student != n_teacher
   train = _rows(str(tmp_path / "student"), "train")
   assert all(np.isfinite(r["loss_kd"]) and r["loss_kd"] > 0 for r in train)
+  # noisy_nodes.load on the student: its property, as evaluation scored it.
+  student = noisy_nodes.load(str(tmp_path / "student"))
+  val = student.dataset("val")
+  pred = student.predict([s.to_ase() for s in val])
+  assert sorted(pred) == ["target"]
+  true = np.stack([np.atleast_1d(s.targets["target"]) for s in val])
+  assert np.mean(np.abs(pred["target"] - true)) == pytest.approx(
+      student.evaluate("val")["mae"], rel=1e-5)
 
 
 def _task_and_batch(cfg):

@@ -362,14 +362,19 @@ def _test_split_atoms(trained_run):
                 for r in rows]
 
 
-def test_load_predicts_as_training_evaluated(trained_run):
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+  return noisy_nodes.load(trained_run)
+
+
+def test_load_predicts_as_training_evaluated(trained_run, loaded):
   """load(...).predict on the test clusters (ase.Atoms, pymatgen Molecules,
   the run's own Structure records) == predictions_test.csv, which the
   training CLI's evaluation wrote from the same checkpoint; a periodic box
   as ase.Atoms and as a pymatgen Structure gives the same numbers."""
   from pymatgen.io.ase import AseAtomsAdaptor  # pylint: disable=g-import-not-at-top
   rows, atoms = _test_split_atoms(trained_run)
-  model = noisy_nodes.load(trained_run)
+  model = loaded
   want = np.array([[float(r["prediction"])] for r in rows])
   pred = model.predict(atoms)["target"]
   assert pred.shape == (5, 1) and pred.dtype == np.float64
@@ -401,11 +406,11 @@ def test_load_predicts_as_training_evaluated(trained_run):
                              rtol=1e-5, atol=1e-6)
 
 
-def test_ase_calculator_gives_energy_and_no_forces(trained_run):
+def test_ase_calculator_gives_energy_and_no_forces(trained_run, loaded):
   from ase.calculators.calculator import PropertyNotImplementedError  # pylint: disable=g-import-not-at-top
   from ase.optimize import BFGS  # pylint: disable=g-import-not-at-top
   _, atoms = _test_split_atoms(trained_run)
-  model = noisy_nodes.load(trained_run)
+  model = loaded
   a = atoms[1]
   a.calc = model.as_ase_calculator()
   assert a.get_potential_energy() == pytest.approx(
@@ -416,13 +421,13 @@ def test_ase_calculator_gives_energy_and_no_forces(trained_run):
     BFGS(a, logfile=None).run(fmax=0.05, steps=2)
 
 
-def test_load_refuses_what_training_refuses(trained_run):
+def test_load_refuses_what_training_refuses(trained_run, loaded):
   """Bad inputs get the dataset reader's errors (crystal.io.check_structure)
   naming the item; an element never seen in training gets a warning."""
   import ase  # pylint: disable=g-import-not-at-top
   import ase.build  # pylint: disable=g-import-not-at-top
   from crystal import io as io_lib  # pylint: disable=g-import-not-at-top
-  model = noisy_nodes.load(trained_run)
+  model = loaded
   _, atoms = _test_split_atoms(trained_run)
   overlap = atoms[0].copy()
   overlap.positions[1] = overlap.positions[0]
