@@ -3,15 +3,61 @@ r"""CrysGNN pre-training (Das et al. 2022, §2.1; SPEC.md "CrysGNN reference").
   python -m noisy_nodes.train --config=configs/crysgnn_pretrain.py:demo \
       --workdir=runs/crysgnn_teacher
 
-Variants: "" (reference: CGCNN encoder 5 x 64, 48-atom corpus crystals, loss
-weights 0.25 each, Adam 1e-3), "demo" (a 600-crystal generated corpus, a few
-minutes on 2 CPU cores), "tiny" (tests). ``--config.data.path`` takes a corpus
-manifest or structure files/folders (comma-separated); the run's checkpoints
-are the teacher of configs/crysgnn_distill.py.
+No variant: kdmsit/crysgnn's settings (``crysgnn/pretrain.py``, ``model.py``):
+  * encoder: the original CGCNN (``crystal.crysgnn.encoder.OriginalCGCNN``):
+    Linear(92 -> 64) without bias or activation, 5 convolutions z -> Linear ->
+    BN -> σ(filter)·softplus(core), summed over i's 12 nearest -> BN ->
+    softplus(h + ·); no readout head;
+  * inputs: CGCNN's 92-d atom features, 12 nearest neighbours within 8 Å, 41
+    Gaussians 0..8 Å (width 0.2);
+  * losses: the four terms weighted 0.25 each, NT-Xent temperature 0.07 with
+    crystal-system positives, no projection head (node embeddings are
+    L2-normalised per crystal as in the code);
+  * Adam lr 0.03 (β 0.9 / 0.999, no weight decay), constant, no gradient
+    clipping; batches of 128 crystals; 20 epochs.
+Deviations of the default, each with the switch that restores the reference:
+  * data: a generated corpus of ``data.corpus.n = 50000`` crystals
+    (``crystal.crysgnn.corpus``; the reference pre-trains on 800K Materials
+    Project + OQMD crystals): give yours with ``--config.data.path``;
+  * 20 epochs are ``train.num_steps`` = 20 × ceil(train size / 128) for the
+    default corpus (the engine counts steps): with another corpus size set
+    ``--config.train.num_steps`` (``epochs_to_steps`` below);
+  * a held-out ``data.val_fraction = 0.05`` for model selection (the
+    reference trains on everything and keeps the lowest training loss):
+    ``--config.data.val_fraction`` small;
+  * crystals above ``data.max_atoms = 48`` atoms are dropped (the
+    connectivity decoder's dense block; the reference has no cap);
+  * batches are dynamic: up to 128 crystals under node/edge budgets estimated
+    to hold 128 typical ones (fixed shapes for XLA; the reference's batches
+    are exactly 128);
+  * the teacher's BatchNorm statistics are used in eval mode at distillation
+    (the reference leaves the teacher in training mode).
+
+Variants: "library" (this project's earlier choices: the MatDeepLearn-style
+CGConv encoder ``crystal.models.cgcnn`` with BN in the gate, residual-stream
+BN and a softplus input layer with bias; Adam 1e-3 with clipping at 10;
+node-capped batches of up to 64; 50K steps), "demo" (a 600-crystal corpus, a
+few minutes on 2 CPU cores), "tiny" (tests). ``--config.data.path`` takes a
+corpus manifest or structure files/folders (comma-separated); the run's
+checkpoints are the teacher of configs/crysgnn_distill.py.
 """
+import math
 import os
 
 import ml_collections
+
+BATCH = 128
+
+
+def epochs_to_steps(epochs: int, train_size: int, batch: int = BATCH) -> int:
+  """Optimiser steps of ``epochs`` passes over ``train_size`` samples."""
+  return int(epochs * math.ceil(train_size / batch))
+
+
+def reference_model(num_layers: int = 5, **overrides) -> dict:
+  """The reference encoder (teacher of configs/crysgnn_distill.py)."""
+  return dict(dict(name="original_cgcnn", dim=64, num_layers=num_layers,
+                   input_bias=False, head=False), **overrides)
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -31,27 +77,32 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       graph=dict(cutoff=8.0, max_neighbors=12, num_gaussians=41,
                  gaussian_stop=8.0, gaussian_width=0.2),
   )
-  # Reference encoder: Linear(92 -> 64) + 5 gated CGCNN convolutions with BN
-  # in the gate, summed messages, softplus.
-  c.model = dict(name="cgcnn", dim=64, num_layers=5, post_fc_layers=0,
-                 activation="softplus", aggregation="sum", gate_norm=True)
+  c.model = reference_model()
   c.loss = dict(weights=dict(feature=0.25, connectivity=0.25,
                              space_group=0.25, contrastive=0.25),
                 temperature=0.07)
-  c.batch = dict(max_nodes=1024, max_edges=12288, max_graphs=64, shuffle=True,
+  c.batch = dict(max_nodes=0, max_edges=0, max_graphs=BATCH, shuffle=True,
                  prefetch=2, skip_oversized=False)
-  c.optim = dict(optimizer="adam", lr=1e-3, b1=0.9, b2=0.999,
+  c.optim = dict(optimizer="adam", lr=0.03, b1=0.9, b2=0.999,
                  weight_decay=0.0, schedule="constant", warmup_steps=0,
-                 init_lr=0.0, clip_norm=10.0, ema_decay=0.0)
-  c.train = dict(num_steps=50000, log_every=100, eval_every=2000,
-                 checkpoint_every=2000, seed=0, max_to_keep=3,
+                 init_lr=0.0, clip_norm=0.0, ema_decay=0.0)
+  train_size = round(c.data.corpus.n * (1 - c.data.val_fraction))
+  steps = epochs_to_steps(20, train_size)
+  c.train = dict(num_steps=steps, log_every=100, eval_every=steps // 20,
+                 checkpoint_every=steps // 20, seed=0, max_to_keep=3,
                  skip_nonfinite=False)
-  if variant == "demo":
+  if variant == "library":
+    c.model = dict(name="cgcnn", dim=64, num_layers=5, post_fc_layers=0,
+                   activation="softplus", aggregation="sum", gate_norm=True)
+    c.batch.update(max_nodes=1024, max_edges=12288, max_graphs=64)
+    c.optim.update(lr=1e-3, clip_norm=10.0)
+    c.train.update(num_steps=50000, eval_every=2000, checkpoint_every=2000)
+  elif variant == "demo":
     c.data.corpus.n = 600
     c.data.max_atoms = 24
     c.data.val_fraction = 0.1
-    c.batch.update(max_nodes=384, max_edges=4608, max_graphs=32)
-    c.optim.lr = 2e-3
+    c.batch.update(max_graphs=32)
+    c.optim.lr = 3e-3
     c.train.update(num_steps=400, log_every=50, eval_every=100,
                    checkpoint_every=100)
   elif variant == "tiny":
@@ -60,8 +111,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.data.val_fraction = 0.25
     c.model.update(dim=16, num_layers=2)
     c.batch.update(max_nodes=96, max_edges=1152, max_graphs=8)
+    c.optim.lr = 1e-3
     c.train.update(num_steps=6, log_every=3, eval_every=3,
                    checkpoint_every=3)
   elif variant:
-    raise ValueError(f"unknown variant {variant!r}: '', 'demo' or 'tiny'")
+    raise ValueError(f"unknown variant {variant!r}: '', 'library', 'demo' or "
+                     "'tiny'")
   return c

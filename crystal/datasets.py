@@ -213,21 +213,34 @@ def load_or_build(structures: Sequence[Structure], featurizer,
 
 # -- splits ---------------------------------------------------------------------------------
 def holdout_split(n: int, seed: int = 0,
-                  fractions: Tuple[float, float, float] = (0.8, 0.05, 0.15)
+                  fractions: Tuple[float, float, float] = (0.8, 0.05, 0.15),
+                  sizes: Optional[Sequence[int]] = None
                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(train, val, test) index arrays of a seeded permutation of range(n).
 
   train = int(f_train n), val = int(f_val n); test takes the rest when the
   fractions sum to 1 (reference), else int(f_test n) (the remainder unused).
+  ``sizes`` = (n_train, n_val, n_test) absolute counts instead of fractions
+  (CGCNN's ``--train-size/--val-size/--test-size``, e.g. MP-2018's 60000 /
+  5000 / 4239); they must fit in n, the rest is unused.
   """
-  f = np.asarray(fractions, np.float64)
-  if f.shape != (3,) or np.any(f < 0) or f.sum() > 1 + 1e-9:
-    raise ValueError(f"fractions must be 3 numbers >= 0 summing to <= 1, "
-                     f"got {fractions}")
   perm = np.random.default_rng(seed).permutation(n)
-  n_train, n_val = int(f[0] * n), int(f[1] * n)
-  n_test = (n - n_train - n_val if abs(f.sum() - 1) < 1e-9
-            else int(f[2] * n))
+  if sizes is not None and len(sizes):
+    k = np.asarray(sizes, np.int64)
+    if k.shape != (3,) or np.any(k < 0):
+      raise ValueError(f"split sizes must be 3 counts >= 0, got {sizes}")
+    if k.sum() > n:
+      raise ValueError(f"split sizes {tuple(int(x) for x in k)} need "
+                       f"{int(k.sum())} samples, the data set has {n}")
+    n_train, n_val, n_test = (int(x) for x in k)
+  else:
+    f = np.asarray(fractions, np.float64)
+    if f.shape != (3,) or np.any(f < 0) or f.sum() > 1 + 1e-9:
+      raise ValueError(f"fractions must be 3 numbers >= 0 summing to <= 1, "
+                       f"got {fractions}")
+    n_train, n_val = int(f[0] * n), int(f[1] * n)
+    n_test = (n - n_train - n_val if abs(f.sum() - 1) < 1e-9
+              else int(f[2] * n))
   return (perm[:n_train], perm[n_train:n_train + n_val],
           perm[n_train + n_val:n_train + n_val + n_test])
 

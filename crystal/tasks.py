@@ -8,7 +8,8 @@ DeeperGATGNN or a (deeper) baseline, as in the DeeperGATGNN reference
            ``crystal.io.read_dataset_folder``) or, when ``data.path`` is
            empty, a generated EMT dataset (``crystal.generators``) made once
            and cached as npz under ``data.cache_dir``;
-  splits   hold-out 0.8 / 0.05 / 0.15 of a seeded permutation, or k-fold
+  splits   hold-out 0.8 / 0.05 / 0.15 of a seeded permutation (or absolute
+           counts ``data.split_sizes = (train, val, test)``), or k-fold
            cross-validation (``data.cv_folds = k``, ``data.fold = i``): test
            = fold i, train = the other folds minus a seeded validation slice
            of ``data.cv_val_fraction`` of them. (The reference trains on all
@@ -125,7 +126,11 @@ def split_indices(n: int, data) -> Dict[str, np.ndarray]:
     perm = np.random.default_rng([seed, fold]).permutation(train)
     return {"train": np.sort(perm[n_val:]), "val": np.sort(perm[:n_val]),
             "test": test}
-  train, val, test = datasets.holdout_split(n, seed, tuple(data.split))
+  try:
+    train, val, test = datasets.holdout_split(
+        n, seed, tuple(data.split), tuple(data.get("split_sizes", ()) or ()))
+  except ValueError as e:
+    raise DataError("data.split_sizes", str(e)) from None
   return {"train": train, "val": val, "test": test}
 
 

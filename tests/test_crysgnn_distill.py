@@ -97,7 +97,10 @@ def test_teacher_eval_mode_frozen_and_loss_value():
   assert any(np.any(x != 0) for x in jax.tree_util.tree_leaves(grads[0]))
   gm = g.globals["mask"]
   prop = np.mean((np.asarray(out["graph"])[gm] - g.globals["target"][gm]) ** 2)
-  kd = np.mean((np.asarray(out["kd_embedding"])[m] - ref[m]) ** 2)
+  # L_KD: per-crystal MSE (3 and 4 atoms), then the mean over crystals.
+  sq = (np.asarray(out["kd_embedding"]) - ref) ** 2
+  kd = np.mean([sq[:3].mean(), sq[3:7].mean()])
+  assert not np.isclose(kd, sq[m].mean(), rtol=1e-3)
   np.testing.assert_allclose(val, 0.3 * prop + 0.7 * kd, rtol=1e-5)
   np.testing.assert_allclose(metrics["mse"] / gm.sum(), prop, rtol=1e-5)
   z_s = np.asarray(out["kd_embedding"])

@@ -106,12 +106,31 @@ def test_symmetry_labels_of_prototypes(name):
 
 
 def test_detected_not_requested_and_tolerance():
-  # A ~0.01 Å rattle keeps Fm-3m at symprec 0.1 but not at 1e-4.
+  # A ~0.001 Å rattle keeps Fm-3m at the default symprec (0.01) but not 1e-4.
   atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
-  atoms.rattle(0.01, seed=0)
+  atoms.rattle(0.001, seed=0)
   s = _s(atoms)
   assert symmetry.symmetry_labels(s)["space_group"] == 225
   assert symmetry.symmetry_labels(s, symprec=1e-4)["space_group"] == 1
+
+
+def test_strained_crystal_gets_the_reference_label():
+  """pymatgen's SpacegroupAnalyzer defaults (symprec 0.01, angle 5°), not 0.1:
+  fcc Cu stretched 0.8 % along c is cubic at 0.1 but tetragonal at 0.01."""
+  from pymatgen.io.ase import AseAtomsAdaptor  # pylint: disable=g-import-not-at-top
+  from pymatgen.symmetry.analyzer import SpacegroupAnalyzer  # pylint: disable=g-import-not-at-top
+  atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+  cell = atoms.cell.array.copy()
+  cell[2] *= 1.008
+  atoms.set_cell(cell, scale_atoms=True)
+  s = _s(atoms)
+  assert symmetry.symmetry_labels(s, symprec=0.1)["space_group"] == 225
+  labels = symmetry.symmetry_labels(s)
+  assert labels["space_group"] == 139          # I4/mmm
+  assert labels["crystal_system_name"] == "tetragonal"
+  ref = SpacegroupAnalyzer(AseAtomsAdaptor.get_structure(atoms))
+  assert labels["space_group"] == ref.get_space_group_number()
+  assert symmetry.add_symmetry_labels(s).info["symprec"] == 0.01
 
 
 def test_crystal_system_ranges_and_errors():

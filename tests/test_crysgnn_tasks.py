@@ -1,11 +1,15 @@
 """CrysGNN engine tasks: pre-training through the engine, a frozen teacher
 during distillation, the teacher's own graph rebuilt on device, projection
-only for differing widths, fine-tuning initialisation."""
+only for differing widths, fine-tuning initialisation, every wired student
+distilling; the configs carry the reference's settings and benchmark-shape
+folders (MP-2018: CGCNN id_prop.csv + CIF, absolute split sizes; JARVIS:
+ALIGNN id_prop.csv + POSCAR, fractions) load through the shared data layer."""
 import ast
 import glob
 import hashlib
 import importlib.util
 import json
+import math
 import os
 
 import haiku as hk
@@ -13,10 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ase.build import bulk
 
 import noisy_nodes  # noqa: F401
 from noisy_nodes import batching
 from noisy_nodes.engine import trainer
+from noisy_nodes.structures import DataError
+from crystal import datasets
+from crystal import tasks as crystal_tasks
 from crystal.crysgnn import losses
 from crystal.crysgnn import tasks
 
@@ -50,9 +58,15 @@ def _rows(workdir, split):
 
 
 def _distill_config(root, **model):
+  """The tiny distillation config; a ``name`` replaces the student (on the
+  DeeperGATGNN reference graph, so the teacher sees its own graph)."""
   cfg = crysgnn_distill.get_config("tiny")
   cfg.data.cache_dir = str(root)
-  cfg.model.update(model)
+  if "name" in model:
+    cfg.model = model
+    cfg.data.graph = {}
+  else:
+    cfg.model.update(model)
   return cfg
 
 
@@ -141,7 +155,7 @@ def test_distillation_keeps_teacher_frozen(teacher_dir, tmp_path):
   tree = _checkpoint_tree(str(tmp_path / "student"), 4)
   params = {p[1:] for p in tree if p[0] == "params"}
   modules = {p[0] for p in params}
-  assert all(m.startswith("gatgnn/") for m in modules), modules
+  assert all(m.startswith("original_cgcnn/") for m in modules), modules
   assert not any("crysgnn" in "/".join(p) for p in tree)
   n_student = sum(int(np.prod(tree[("params",) + p])) for p in params)
   n_teacher = sum(v.size for v in jax.tree_util.tree_leaves(teacher.params))
@@ -170,7 +184,8 @@ def _task_and_batch(cfg):
 
 def test_teacher_view_and_projection_only_when_widths_differ(teacher_dir,
                                                              tmp_path):
-  cfg = _distill_config(tmp_path, dim=8)
+  cfg = _distill_config(tmp_path, name="gatgnn", dim=8, num_layers=2,
+                        heads=2)
   cfg.teacher.workdir = teacher_dir
   task, structures, batch, budget = _task_and_batch(cfg)
   assert not task.shares_teacher_graph()
@@ -195,7 +210,9 @@ def test_teacher_view_and_projection_only_when_widths_differ(teacher_dir,
   # Eq. 3 against numpy: δ·MSE(normalised target) + (1-δ)·MSE(Z^S, Z^T).
   loss, weight, metrics = task.loss(out, batch)
   zs = np.asarray(out["kd_embedding"])[:n]
-  kd = np.mean((zs - z) ** 2)
+  sq = (zs - z) ** 2
+  bounds = np.cumsum([0] + [s.num_atoms for s in structures])
+  kd = np.mean([sq[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
   g = len(structures)
   y = (np.asarray(batch.globals["target"])[:g] - task.target_mean) / (
       task.target_std)
@@ -206,7 +223,8 @@ def test_teacher_view_and_projection_only_when_widths_differ(teacher_dir,
   np.testing.assert_allclose(float(metrics["loss_kd"] / weight), kd,
                              rtol=1e-4)
   # Same width: no projection parameters at all.
-  cfg16 = _distill_config(tmp_path, dim=16)
+  cfg16 = _distill_config(tmp_path, name="gatgnn", dim=16, num_layers=2,
+                          heads=2)
   cfg16.teacher.workdir = teacher_dir
   task16, _, batch16, _ = _task_and_batch(cfg16)
   shapes = jax.eval_shape(
@@ -219,10 +237,7 @@ def test_finetune_init_equals_teacher(teacher_dir, tmp_path):
   cfg = _distill_config(tmp_path)
   cfg.teacher.workdir = teacher_dir
   teacher_model = json.load(open(os.path.join(teacher_dir, "config.json")))
-  cfg.model = dict(teacher_model["model"], post_fc_layers=1)
-  cfg.data.graph = dict(teacher_model["data"]["graph"], node_features="cgcnn92",
-                        degree=False, self_loops=False,
-                        gaussian_form="cgcnn", distance_scaling="none")
+  cfg.model = dict(teacher_model["model"], head=True)
   cfg.init_from_teacher = True
   cfg.distill.delta = 1.0
   task, _, batch, _ = _task_and_batch(cfg)
@@ -254,7 +269,6 @@ def test_finetune_init_equals_teacher(teacher_dir, tmp_path):
 
 
 def test_bad_teacher_and_bad_pretrain_features(tmp_path):
-  from noisy_nodes.structures import DataError  # pylint: disable=g-import-not-at-top
   cfg = _distill_config(tmp_path)
   with pytest.raises(ValueError, match="teacher.workdir"):
     tasks.CrysGNNDistillTask(cfg)
@@ -265,3 +279,143 @@ def test_bad_teacher_and_bad_pretrain_features(tmp_path):
   pcfg.data.graph.node_features = "onehot"
   with pytest.raises(ValueError, match="92-d CGCNN"):
     tasks.CrysGNNPretrainTask(pcfg)
+
+
+# Every wired student distils: (model config, graph) at test sizes.
+STUDENTS = {
+    "cgcnn": dict(name="cgcnn", dim=16, num_layers=2, post_fc_layers=1),
+    "gatgnn": dict(name="gatgnn", dim=16, num_layers=2, heads=2),
+    "deeper_gatgnn": dict(name="gatgnn", dim=16, num_layers=3, heads=2,
+                          deeper=True),
+    "schnet": dict(name="schnet", dim=16, num_layers=2, post_fc_layers=1),
+    "mpnn": dict(name="mpnn", dim=16, num_layers=2, post_fc_layers=1),
+    "megnet": dict(name="megnet", dim=16, num_layers=2, post_fc_layers=1),
+    "gns": dict(name="gns", latent_size=16, mlp_layers=1,
+                num_message_passing_steps=2, num_basis=8, use_tags=False),
+}
+
+
+@pytest.fixture(scope="module")
+def student_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("students")
+
+
+@pytest.mark.parametrize("student", sorted(STUDENTS))
+def test_every_student_distils(student, teacher_dir, student_cache):
+  """A few Adam steps on one batch: L_KD falls; the teacher's params and
+  BatchNorm statistics are the same arrays, unchanged, and never in the
+  student's params or state."""
+  import optax  # pylint: disable=g-import-not-at-top
+  cfg = _distill_config(student_cache, **STUDENTS[student])
+  cfg.teacher.workdir = teacher_dir
+  cfg.distill.delta = 0.0       # L_KD alone, so its fall is the signal.
+  task, _, batch, _ = _task_and_batch(cfg)
+  teacher = task.teacher
+  before = _snapshot((teacher.params, teacher.state))
+  model = hk.transform_with_state(task.model)
+  params, state = model.init(jax.random.PRNGKey(0), batch, True)
+  assert not set(params) & set(teacher.params)
+  assert not set(state) & set(teacher.state)
+  opt = optax.adam(1e-2)
+
+  def kd(params, state):
+    out, new_state = model.apply(params, state, jax.random.PRNGKey(1), batch,
+                                 is_training=True)
+    loss, weight, metrics = task.loss(out, batch)
+    return loss / weight, (metrics["loss_kd"] / weight, new_state)
+
+  @jax.jit
+  def step(params, state, opt_state):
+    (_, (loss_kd, state)), grads = jax.value_and_grad(kd, has_aux=True)(
+        params, state)
+    updates, opt_state = opt.update(grads, opt_state)
+    return optax.apply_updates(params, updates), state, opt_state, loss_kd
+
+  opt_state = opt.init(params)
+  history = []
+  for _ in range(10):
+    params, state, opt_state, loss_kd = step(params, state, opt_state)
+    history.append(float(loss_kd))
+  assert np.all(np.isfinite(history))
+  assert history[-1] < 0.7 * history[0], history
+  jax.tree_util.tree_map(np.testing.assert_array_equal, before,
+                         (teacher.params, teacher.state))
+
+
+def test_defaults_are_the_reference_settings():
+  p = crysgnn_pretrain.get_config()
+  assert p.model.name == "original_cgcnn" and p.model.num_layers == 5
+  assert not p.model.input_bias and p.model.dim == 64
+  assert (p.optim.optimizer, p.optim.lr, p.optim.clip_norm) == ("adam", 0.03,
+                                                                0.0)
+  assert p.batch.max_graphs == 128 and not p.batch.max_nodes
+  assert p.train.num_steps == 20 * math.ceil(47500 / 128)
+  assert dict(p.loss.weights) == dict(feature=0.25, connectivity=0.25,
+                                      space_group=0.25, contrastive=0.25)
+  assert p.loss.temperature == 0.07
+  d = crysgnn_distill.get_config()
+  assert (d.model.name, d.model.num_layers, d.model.dim) == (
+      "original_cgcnn", 3, 64)
+  assert (d.optim.lr, d.optim.schedule, d.optim.decay_factor) == (
+      3e-3, "piecewise", 0.1)
+  assert d.distill.delta == 0.5 and d.batch.max_graphs == 128
+  per_epoch = math.ceil(1600 / 128)
+  assert d.train.num_steps == 1000 * per_epoch
+  assert tuple(d.optim.decay_steps) == (100 * per_epoch,)
+  mp = crysgnn_distill.get_config("mp2018")
+  assert tuple(mp.data.split_sizes) == (60000, 5000, 4239)
+  assert mp.train.num_steps == 1000 * 469
+  assert tuple(mp.optim.decay_steps) == (46900,)
+  lib = crysgnn_pretrain.get_config("library")
+  assert lib.model.name == "cgcnn" and lib.optim.lr == 1e-3
+  assert crysgnn_distill.get_config("library").model.name == "gatgnn"
+
+
+def test_absolute_split_sizes():
+  tr, va, te = datasets.holdout_split(100, seed=2, sizes=(60, 5, 4))
+  assert (len(tr), len(va), len(te)) == (60, 5, 4)
+  assert len(set(np.concatenate([tr, va, te]).tolist())) == 69
+  again = datasets.holdout_split(100, seed=2, sizes=(60, 5, 4))
+  assert all(np.array_equal(a, b) for a, b in zip((tr, va, te), again))
+  # The same permutation as the fractions: sizes only move the cut points.
+  frac = datasets.holdout_split(100, seed=2, fractions=(0.6, 0.05, 0.35))
+  assert np.array_equal(frac[0], tr) and np.array_equal(frac[1], va)
+  with pytest.raises(ValueError, match="need 70 samples"):
+    datasets.holdout_split(69, seed=2, sizes=(60, 5, 5))
+
+
+def _write_folder(root, kind, n=12):
+  from ase.io import write  # pylint: disable=g-import-not-at-top
+  os.makedirs(root)
+  rows = []
+  for i in range(n):
+    atoms = bulk("Cu", "fcc", a=3.5 + 0.02 * i)
+    name = f"m{i}.cif" if kind == "cgcnn" else f"POSCAR-m{i}"
+    write(os.path.join(root, name), atoms,
+          format="cif" if kind == "cgcnn" else "vasp")
+    rows.append(f"{name[:-4] if kind == 'cgcnn' else name},{-0.1 * i:.3f}")
+  with open(os.path.join(root, "id_prop.csv"), "w") as f:
+    f.write("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("variant", ["mp2018", "jarvis"])
+def test_benchmark_shape_folders(variant, tmp_path):
+  kind = "cgcnn" if variant == "mp2018" else "alignn"
+  root = str(tmp_path / kind)
+  _write_folder(root, kind)
+  cfg = crysgnn_distill.get_config(variant)
+  cfg.data.path = root
+  cfg.data.cache_dir = str(tmp_path / "cache")
+  cfg.data.graph_cache = False
+  if variant == "mp2018":
+    cfg.data.split_sizes = (8, 2, 2)
+  task = crystal_tasks.CrystalPropertyTask(cfg)
+  splits = task.load_splits()
+  sizes = tuple(len(splits[k]) for k in ("train", "val", "test"))
+  assert sizes == ((8, 2, 2) if variant == "mp2018" else (9, 1, 2))
+  ids = {s.id for v in splits.values() for s in v}
+  assert len(ids) == 12
+  if variant == "mp2018":
+    cfg.data.split_sizes = (60000, 5000, 4239)
+    with pytest.raises(DataError, match="69239"):
+      crystal_tasks.CrystalPropertyTask(cfg).load_splits()

@@ -29,6 +29,15 @@ def test_warmup_then_cosine_cycles_table9_shape():
   assert float(s(1099)) < 1e-8 + 1e-10
 
 
+def test_piecewise_multistep_decay():
+  # torch MultiStepLR(milestones=[100, 250], gamma=0.1) over steps.
+  s = optim.make_schedule(_cfg(schedule="piecewise", lr=3e-3,
+                               decay_steps=(100, 250), decay_factor=0.1))
+  for step, lr in ((0, 3e-3), (99, 3e-3), (100, 3e-4), (249, 3e-4),
+                   (250, 3e-5), (10**6, 3e-5)):
+    assert float(s(step)) == pytest.approx(lr, rel=1e-6), step
+
+
 def test_lr_scale_multiplies_updates():
   cfg = _cfg(optimizer="sgd", lr=0.1)
   opt = optim.make_optimizer(cfg)

@@ -16,7 +16,7 @@ Without network access this module builds a corpus from
       isotropically strained ±2 %.
 Labels (``targets['space_group']`` 1..230, ``targets['crystal_system']``
 0..6) are always detected with spglib on the final structure
-(``symmetry.add_symmetry_labels``, symprec 0.1): 1–2 % of pyxtal crystals come
+(``symmetry.add_symmetry_labels``, symprec 0.01, angle 5°): 1–2 % of pyxtal crystals come
 out more symmetric than requested (``info['requested_space_group']`` keeps the
 request for statistics only).
 
@@ -350,7 +350,8 @@ def build_corpus(out: str, n: int, seed: int = 0, workers: int = 2,
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   manifest = {"seed": seed, "n_requested": n, "n_inputs": len(tasks) - n,
               "mix": dict(zip(SOURCES, mix)), "max_atoms": max_atoms,
-              "symprec": symmetry.SYMPREC, "chunks": [], "failures": []}
+              "symprec": symmetry.SYMPREC,
+              "angle_tolerance": symmetry.ANGLE_TOLERANCE, "chunks": [], "failures": []}
   # Small sub-batches per worker call keep all workers busy and bound memory.
   sub = max(1, min(64, chunk_size // max(1, 4 * workers)))
   preload(mix)

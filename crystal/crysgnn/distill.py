@@ -3,6 +3,8 @@
 L = δ · L_prop + (1 − δ) · L_KD                                   (eq. 3)
 L_KD = ‖Z^T − Z^S‖²                                               (eq. 4)
 
+(the reference writes (1 − α) L_prop + α L_KD with α = 0.5: δ = 1 − α.)
+
 * Z^T: the teacher's node embeddings, computed by ``teacher_node_embeddings``
   from the teacher's params and state with ``is_training=False`` (running
   BatchNorm statistics; the reference left the teacher in training mode, a
@@ -15,8 +17,11 @@ L_KD = ‖Z^T − Z^S‖²                                               (eq. 4)
   ``hk.Linear(teacher_dim)`` projection ONLY when the widths differ (the
   reference has none and needs equal widths); with equal widths Z^S is used
   as is, so a distilled model has exactly the student's parameters.
-* L_KD is the mean squared difference over real nodes × embedding dims
-  (torch ``MSELoss``), L_prop any property loss of docs/design.md form.
+* L_KD as the reference averages it: per crystal the mean squared
+  difference over its atoms × embedding dims (torch ``MSELoss`` on one
+  crystal's [n, D] embeddings), then the mean over crystals, so every crystal
+  weighs the same whatever its size. L_prop is any property loss of
+  docs/design.md form (per graph).
 
 The teacher must see the same atoms in the same order as the student (the
 same batch featurised twice, e.g. CGCNN 92-d features for the teacher):
@@ -87,15 +92,28 @@ class DistilledStudent(hk.Module):
 
 
 def kd_loss(student_z: jnp.ndarray, teacher_z: jnp.ndarray,
-            mask: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
-  """(Σ over real nodes and dims of (Z^S − Z^T)², real nodes × dims)."""
+            graph: jraph.GraphsTuple) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """(Σ over real crystals of their per-crystal MSE, number of real crystals).
+
+  Per crystal g: mean over its real atoms and the D dims of (Z^S − Z^T)²
+  (torch ``MSELoss`` on one crystal), so the global mean over crystals is
+  psum(first) / psum(second) (module docstring).
+  """
   if student_z.shape != teacher_z.shape:
     raise ValueError(f"student embeddings {student_z.shape} and teacher "
                      f"embeddings {teacher_z.shape} differ: use "
                      "DistilledStudent(teacher_dim=...) to project")
-  m = mask.astype(student_z.dtype)[:, None]
-  sq = jnp.square(student_z - jax.lax.stop_gradient(teacher_z)) * m
-  return jnp.sum(sq), jnp.sum(m) * student_z.shape[-1]
+  node_mask = graph.nodes["mask"]
+  num_graphs = graph.n_node.shape[0]
+  gidx = nn_lib.node_graph_index(graph.n_node, student_z.shape[0])
+  sq = jnp.sum(jnp.square(student_z - jax.lax.stop_gradient(teacher_z)), -1)
+  sq = jnp.where(node_mask, sq, 0.0)
+  atoms = jax.ops.segment_sum(node_mask.astype(sq.dtype), gidx, num_graphs)
+  per_crystal = jax.ops.segment_sum(sq, gidx, num_graphs) / (
+      jnp.maximum(atoms, 1.0) * student_z.shape[-1])
+  real = graph.globals["mask"] & (atoms > 0)
+  return (jnp.sum(jnp.where(real, per_crystal, 0.0)),
+          jnp.sum(real.astype(sq.dtype)))
 
 
 def distillation_loss(prop_loss_fn: LossFn, delta: float = DELTA,
@@ -105,19 +123,20 @@ def distillation_loss(prop_loss_fn: LossFn, delta: float = DELTA,
   ``outputs['kd_embedding']`` comes from ``DistilledStudent`` and the
   teacher's Z^T from ``graph.nodes[teacher_key]`` (the train step fills it
   with ``teacher_node_embeddings`` before calling the loss). Both terms are
-  global means: L_prop = psum(prop_sum)/psum(prop_weight) and L_KD likewise,
-  so (loss_sum, weight) are returned per real graph as in ``losses.py``.
+  global means: L_prop = psum(prop_sum)/psum(prop_weight) and L_KD the mean
+  over crystals of their per-crystal MSE (``kd_loss``), so (loss_sum, weight)
+  are returned per real graph as in ``losses.py``.
   """
   def loss_fn(outputs, graph):
     prop_sum, prop_weight, metrics = prop_loss_fn(outputs, graph)
     kd_sum, kd_count = kd_loss(outputs["kd_embedding"],
-                               graph.nodes[teacher_key], graph.nodes["mask"])
+                               graph.nodes[teacher_key], graph)
     weight = jnp.sum(graph.globals["mask"].astype(jnp.float32))
     g = nn_lib.cross_replica_sum(weight)
-    # Rescale from the property loss's weight to "per real graph" sums.
+    # Rescale from each term's own weight to "per real graph" sums.
     scale = g / jnp.maximum(nn_lib.cross_replica_sum(prop_weight), 1e-12)
     prop = prop_sum * scale
-    kd = kd_sum / jnp.maximum(nn_lib.cross_replica_sum(kd_count), 1e-12) * g
+    kd = kd_sum * g / jnp.maximum(nn_lib.cross_replica_sum(kd_count), 1e-12)
     metrics = {k: v * scale for k, v in metrics.items()}
     metrics.update(loss_prop=prop, loss_kd=kd)
     return delta * prop + (1.0 - delta) * kd, weight, metrics

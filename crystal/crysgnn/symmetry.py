@@ -7,10 +7,11 @@ FINAL coordinates with spglib, never taken from what a generator was asked for:
 pyxtal returns a more symmetric crystal than requested for 1–2 % of groups,
 and perturbed or strained structures may lose symmetry.
 
-Tolerance: ``SYMPREC = 0.1`` Å (pymatgen's ``SpacegroupAnalyzer`` default,
-which the reference implementation uses) and spglib's automatic angle
-tolerance. A structure for which spglib finds no symmetry dataset raises
-``DataError``.
+Tolerances: pymatgen's ``SpacegroupAnalyzer`` defaults, which the reference
+implementation calls (``SpacegroupAnalyzer(structure)``): ``SYMPREC = 0.01`` Å
+and ``ANGLE_TOLERANCE = 5`` degrees, passed to spglib as pymatgen passes them,
+so a slightly strained crystal gets the reference's (lower-symmetry) label.
+A structure for which spglib finds no symmetry dataset raises ``DataError``.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ import spglib
 
 from noisy_nodes.structures import DataError, Structure
 
-SYMPREC = 0.1
-ANGLE_TOLERANCE = -1.0  # spglib: negative = automatic.
+SYMPREC = 0.01          # Å, pymatgen SpacegroupAnalyzer's default.
+ANGLE_TOLERANCE = 5.0   # degrees, likewise.
 
 CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal",
                    "trigonal", "hexagonal", "cubic")
@@ -45,7 +46,8 @@ def crystal_system_name(space_group: int) -> str:
   return CRYSTAL_SYSTEMS[crystal_system_index(space_group)]
 
 
-def symmetry_dataset(structure: Structure, symprec: float = SYMPREC):
+def symmetry_dataset(structure: Structure, symprec: float = SYMPREC,
+                     angle_tolerance: float = ANGLE_TOLERANCE):
   """spglib's symmetry dataset of a periodic structure (raises DataError)."""
   if not structure.pbc.all():
     raise DataError(structure.id, "symmetry labels need a 3-D periodic "
@@ -60,7 +62,7 @@ def symmetry_dataset(structure: Structure, symprec: float = SYMPREC):
       warnings.simplefilter("ignore", DeprecationWarning)
       data = spglib.get_symmetry_dataset(
           (cell, frac, structure.atomic_numbers), symprec=symprec,
-          angle_tolerance=ANGLE_TOLERANCE)
+          angle_tolerance=angle_tolerance)
       message = None if data is not None else spglib.get_error_message()
   except Exception as e:  # pylint: disable=broad-except  (SpglibError)
     data, message = None, str(e)
@@ -98,5 +100,6 @@ def add_symmetry_labels(structure: Structure,
   structure.info.update(
       space_group=labels["space_group"],
       crystal_system=labels["crystal_system_name"],
-      space_group_symbol=labels["international"], symprec=symprec)
+      space_group_symbol=labels["international"], symprec=symprec,
+      angle_tolerance=ANGLE_TOLERANCE)
   return structure

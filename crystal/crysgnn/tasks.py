@@ -14,9 +14,10 @@
            The 92-d node features are also the reconstruction target, so
            ``data.graph`` may change the graph but not the node features.
   model    ``heads.CrysGNNPretrainModel(encoder, P = data.max_atoms)``; the
-           encoder is any library model (``config.model.name``: cgcnn
-           (default: 5 layers, 64 wide, the reference's gated BN convolution),
-           gatgnn, schnet, mpnn, megnet or the Noisy Nodes ``gns``).
+           encoder is any library model (``config.model.name``:
+           ``original_cgcnn``, the default: the reference's 5 x 64 original
+           CGCNN encoder, ``encoder.py``; cgcnn, gatgnn, schnet, mpnn, megnet
+           or the Noisy Nodes ``gns``).
   loss     ``losses.crysgnn_pretrain_loss`` with α β γ λ = ``loss.weights``.
   metrics  every component on the validation split, batch independent:
            L_FR, L_CR and L_SG are means over all validation atoms / pairs /
@@ -75,8 +76,10 @@ from noisy_nodes.tasks.base import Task
 from crystal import features as features_lib
 from crystal.crysgnn import corpus as corpus_lib
 from crystal.crysgnn import distill
+from crystal.crysgnn import encoder as encoder_lib
 from crystal.crysgnn import heads as heads_lib
 from crystal.crysgnn import losses
+from crystal.crysgnn import symmetry
 from crystal.crysgnn import targets as targets_lib
 from crystal.tasks import CrystalPropertyTask
 
@@ -96,12 +99,18 @@ def plain(cfg) -> Dict[str, Any]:
 
 def build_encoder(model_cfg, num_targets: int = 1):
   """``config.model`` -> a Haiku module ``f(graph, is_training) -> outputs``
-  with ``'node_embedding'``. Call inside ``hk.transform_with_state``."""
+  with ``'node_embedding'``. Call inside ``hk.transform_with_state``.
+
+  ``name``: ``original_cgcnn`` (the reference's encoder and student,
+  ``encoder.OriginalCGCNN``), ``gns`` (the Noisy Nodes GNS) or any
+  ``crystal.models`` name."""
   kwargs = plain(model_cfg)
   name = str(kwargs.pop("name", "cgcnn")).lower()
   if name == "gns":
     from noisy_nodes.gns import GNS  # pylint: disable=g-import-not-at-top
     return GNS(num_targets=num_targets, **kwargs)
+  if name == "original_cgcnn":
+    return encoder_lib.OriginalCGCNN(num_targets=num_targets, **kwargs)
   from crystal import models  # pylint: disable=g-import-not-at-top
   return models.build_model(name, num_targets=num_targets, **kwargs)
 
@@ -152,7 +161,11 @@ class CrysGNNPretrainTask(Task):
     settings = {"n": n, "seed": int(c.get("seed", 0)),
                 "mix": [float(x) for x in c.get("mix", corpus_lib.DEFAULT_MIX)],
                 "max_atoms": self.max_atoms,
-                "inputs": [os.path.abspath(p) for p in inputs]}
+                "inputs": [os.path.abspath(p) for p in inputs],
+                # Labels depend on the tolerances: a corpus labelled with
+                # other ones is never reused.
+                "symprec": symmetry.SYMPREC,
+                "angle_tolerance": symmetry.ANGLE_TOLERANCE}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()
                          ).hexdigest()[:12]
     return os.path.join(os.path.expanduser(d.cache_dir),
@@ -522,10 +535,9 @@ class CrysGNNDistillTask(CrystalPropertyTask):
 
   def metrics(self, structures, predictions):
     out = super().metrics(structures, predictions)
-    num_atoms = sum(s.num_atoms for s in structures)
-    out["loss_kd"] = float(np.sum([np.sum(v) for v in
-                                   predictions["node_kd_sq"]])
-                           / (num_atoms * self.teacher.dim))
+    # Per crystal, then over crystals (distill.kd_loss).
+    out["loss_kd"] = float(np.mean([np.sum(v) / (len(v) * self.teacher.dim)
+                                    for v in predictions["node_kd_sq"]]))
     return out
 
   def state_dict(self):

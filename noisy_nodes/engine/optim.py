@@ -24,7 +24,7 @@ import optax
 
 def make_schedule(cfg) -> optax.Schedule:
   """``cfg``: optim config (lr, schedule, warmup_steps, init_lr, cycle_steps,
-  final_lr_fraction)."""
+  final_lr_fraction; decay_steps and decay_factor for 'piecewise')."""
   lr = float(cfg.lr)
   warmup = int(cfg.get("warmup_steps", 0))
   init_lr = float(cfg.get("init_lr", 0.0))
@@ -39,8 +39,14 @@ def make_schedule(cfg) -> optax.Schedule:
       # Cosine cycling: each cycle decays lr -> alpha*lr, then restarts.
       t = jnp.mod(step, cycle) / cycle
       return lr * (alpha + (1 - alpha) * 0.5 * (1 + jnp.cos(jnp.pi * t)))
+  elif kind == "piecewise":
+    # lr × decay_factor at each of decay_steps (torch MultiStepLR, gamma).
+    factor = float(cfg.get("decay_factor", 0.1))
+    body = optax.piecewise_constant_schedule(
+        lr, {int(b): factor for b in cfg.get("decay_steps", ())})
   else:
-    raise ValueError(f"unknown schedule {kind!r} (constant|cosine_cycles)")
+    raise ValueError(f"unknown schedule {kind!r} "
+                     "(constant|cosine_cycles|piecewise)")
   if warmup <= 0:
     return body
   ramp = optax.linear_schedule(init_lr, lr, warmup)
