@@ -445,8 +445,15 @@ def test_load_refuses_what_training_refuses(trained_run, loaded):
     model.predict(ase.Atoms())
   with pytest.raises(TypeError, match="ase.Atoms"):
     model.predict(["POSCAR"])
-  with pytest.warns(noisy_nodes.api.UnseenElementWarning, match="Cu"):
-    out = model.predict(ase.build.bulk("Cu", "fcc", a=3.6, cubic=True))
+  from pymatgen.core import Lattice, Structure as PmgStructure  # pylint: disable=g-import-not-at-top
+  alloy = PmgStructure(Lattice.cubic(3.9), [{"Pt": 0.5, "Cu": 0.5}],
+                       [[0, 0, 0]])
+  with pytest.raises(DataError, match="disordered"):
+    model.predict(alloy)
+  with pytest.warns(noisy_nodes.api.UnseenElementWarning,
+                    match=r"1 of 2 structures .*: items\[1\] \(Cu\)"):
+    out = model.predict([atoms[0], ase.build.bulk("Cu", "fcc", a=3.6,
+                                                  cubic=True)])
   assert np.all(np.isfinite(out["target"]))
   with pytest.raises(DataError, match="no config.json"):
     noisy_nodes.load(os.path.dirname(trained_run))

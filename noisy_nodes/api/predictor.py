@@ -200,17 +200,22 @@ class Predictor:
     return structures
 
   def _warn_unseen(self, structures: Sequence[Structure]) -> None:
+    """One ``UnseenElementWarning`` naming the structures and elements."""
     if self.train_elements is None:
       return
+    unseen = []
     for s in structures:
       new = sorted(set(map(int, np.unique(s.atomic_numbers))) -
                    self.train_elements)
       if new:
-        msg = (f"{s.id}: element(s) {', '.join(_symbol(z) for z in new)} "
-               f"never seen in training ({self.workdir}); the prediction is "
-               "an extrapolation")
-        logging.warning("%s", msg)
-        warnings.warn(msg, UnseenElementWarning, stacklevel=4)
+        unseen.append(f"{s.id} ({', '.join(_symbol(z) for z in new)})")
+    if unseen:
+      more = f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
+      msg = (f"{len(unseen)} of {len(structures)} structures hold elements "
+             f"never seen in training ({self.workdir}), so their predictions "
+             f"are extrapolations: {', '.join(unseen[:5])}{more}")
+      logging.warning("%s", msg)
+      warnings.warn(msg, UnseenElementWarning, stacklevel=4)
 
   def _budget_for(self, graphs) -> batching.Budget:
     b = self.budget
