@@ -1,27 +1,46 @@
-r"""Vanilla vs CrysGNN-distilled vs fine-tuned students (paper §3, Table 1/3).
+r"""CrysGNN's claim where it can hold: vanilla vs distilled vs fine-tuned
+students on a bulk-crystal property of the pre-training corpus's space.
 
   python -m experiments.crysgnn_distill --out=runs/crysgnn_exp \
-      [--teacher=runs/crysgnn_teacher] [--sizes=50,100,200] [--steps=300]
+      [--corpus_n=20000] [--pretrain_alloys=5000] [--n_labelled=4000] \
+      [--sizes=200,800,3200] [--seeds=0,1,2] [--epochs=300] [--teacher=DIR]
+  python -m experiments.crysgnn_distill --out=runs/crysgnn_tiny --tiny  # check
 
-1. Teacher: ``--teacher`` (a crysgnn_pretrain workdir) or, when absent, a
-   pre-training run with configs/crysgnn_pretrain.py:demo in OUT/teacher.
-2. Labelled data generated here (``crystal.generators``, real EMT physics):
-   ``--kind=surfaces`` adsorption energies of H/C/N/O on random binary fcc(111)
-   alloy slabs (default) or ``pt_clusters`` energies per atom.
-3. For every training-set size (nested seeded subsets of one training split;
-   validation and test splits fixed) three students with the teacher's encoder
-   architecture and inputs (CGCNN 5 x 64, CGCNN-92 features), so that
-   fine-tuning is possible:
-     vanilla    the "crystal" task (L_prop only, random init),
-     distilled  crysgnn_distill with δ = 0.5 (eq. 3), random init,
-     finetuned  crysgnn_distill with δ = 1 and ``init_from_teacher``.
-   Selection on validation MAE; the table reports test MAE of the best
-   checkpoint.
-Writes OUT/results.json, OUT/results.md (table) and OUT/results.png.
+1. Pre-training corpus: ``--corpus_n`` generated crystals
+   (``crystal.crysgnn.corpus``: pyxtal, prototypes, elements, known) plus
+   ``--pretrain_alloys`` unlabelled bulk alloy crystals (``crystal.crysgnn.
+   alloys``, indices disjoint from the labelled ones). Teacher:
+   configs/crysgnn_pretrain.py with the reference's settings (original CGCNN 5
+   × 64, Adam 0.03, batches of 128, 20 epochs of this corpus), or
+   ``--teacher``.
+2. Labelled data: ``--n_labelled`` bulk alloy crystals with their EMT
+   formation energy (eV/atom), split 0.8 / 0.1 / 0.1 once; every training
+   size is a nested seeded subset of the training split; validation and test
+   fixed. A composition-only least-squares baseline is reported (the
+   property is not a function of the composition).
+3. Students, each × size × seed × mode:
+     cgcnn      the reference's student (original CGCNN 3 × 64, CGCNN inputs,
+                the teacher's graph);
+     deeper     DeeperGATGNN 10 layers on its own reference graph (the
+                teacher's graph rides along per atom);
+   modes: vanilla (δ = 1, random init), distilled (δ = 0.5, eq. 3) and
+   fine-tuned (δ = 1, the teacher's encoder as init; only for a student with
+   the teacher's architecture, so the cgcnn student's fine-tuned row uses
+   the teacher's 5-layer encoder without input bias plus the student head;
+   none for DeeperGATGNN).
+   Every run: configs/crysgnn_distill.py's reference optimiser (Adam 0.003,
+   lr × 0.1 after a tenth of the epochs, batches of 128) for ``--epochs``
+   epochs of its training subset; selection on validation MAE; test MAE of
+   the best checkpoint. Converged = the validation MAE flat over the last
+   quarter of the run (its best value there within ``--flat_tol`` of the
+   best before it); unconverged cells are marked.
+Writes OUT/results.json (every run), OUT/results.md (mean ± std table) and
+OUT/results.png.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -33,167 +52,231 @@ import numpy as np
 
 import noisy_nodes  # noqa: F401
 from noisy_nodes.engine import trainer
+from crystal import generators
+from crystal.crysgnn import alloys
 from crystal.crysgnn.tasks import CrysGNNDistillTask
 from crystal.tasks import CrystalPropertyTask
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = ("vanilla", "distilled", "finetuned")
+MODES = ("vanilla", "distilled", "finetuned")
+STUDENTS = ("cgcnn", "deeper")
 
 
-class _TrainSubset:
+class SizedDistillTask(CrysGNNDistillTask):
   """Keeps the first ``data.train_size`` of a seeded permutation of the
   training split (nested across sizes); validation and test unchanged."""
 
   def load_splits(self):
-    splits = super().load_splits()  # pylint: disable=no-member
-    d = self.config.data  # pylint: disable=no-member
+    splits = super().load_splits()
+    d = self.config.data
     m = int(d.train_size)
     train = splits["train"]
     if m > len(train):
       raise ValueError(f"train_size {m} > {len(train)} training structures")
-    perm = np.random.default_rng(int(d.seed) + 1).permutation(len(train))
+    perm = np.random.default_rng(int(d.subset_seed)).permutation(len(train))
     splits["train"] = [train[i] for i in np.sort(perm[:m])]
     return splits
 
 
-class SizedPropertyTask(_TrainSubset, CrystalPropertyTask):
-  pass
+def _config(name):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(_ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
-class SizedDistillTask(_TrainSubset, CrysGNNDistillTask):
-  pass
-
-
-def _configs():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  out = {}
-  for name in ("crysgnn_pretrain", "crysgnn_distill"):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(_ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out[name] = module
-  return out
-
-
-def student_config(variant: str, teacher: str, args, size: int):
-  cfg = _configs()["crysgnn_distill"].get_config("finetune")
+def student_config(student: str, mode: str, size: int, seed: int,
+                   teacher: str, data: str, args):
+  distill_cfg = _config("crysgnn_distill")
+  cfg = distill_cfg.get_config("finetune" if mode == "finetuned" else "")
+  cfg.task = f"{sys.modules[__name__].__name__}:SizedDistillTask"
   cfg.teacher.workdir = teacher
-  cfg.data.cache_dir = args.cache_dir or os.path.join(args.out, "data")
-  cfg.data.generate.update(kind=args.kind, n=args.n_data, seed=0,
-                           workers=args.workers)
-  cfg.data.split = (0.6, 0.15, 0.25)
+  cfg.data.update(path=data, cache_dir=os.path.join(args.out, "cache"),
+                  split=(0.8, 0.1, 0.1), seed=0)
   cfg.data.train_size = size
-  cfg.train.update(num_steps=args.steps, eval_every=max(args.steps // 10, 1),
-                   log_every=max(args.steps // 10, 1),
-                   checkpoint_every=args.steps)
-  cfg.batch.update(max_nodes=640, max_edges=8448, max_graphs=16)
-  module = sys.modules[__name__].__name__
-  if variant == "vanilla":
-    cfg.task = f"{module}:SizedPropertyTask"
-  else:
-    cfg.task = f"{module}:SizedDistillTask"
-    cfg.init_from_teacher = variant == "finetuned"
-    cfg.distill.delta = 1.0 if variant == "finetuned" else args.delta
+  cfg.data.subset_seed = seed
+  if mode == "finetuned":
+    # The teacher's encoder (its config.json) plus the student's readout.
+    with open(os.path.join(teacher, "config.json")) as f:
+      cfg.model = dict(json.load(f)["model"], head=True)
+    cfg.batch.update(max_nodes=0, max_edges=0, max_graphs=128)
+  if student == "deeper":
+    lib = distill_cfg.get_config("library")
+    cfg.model, cfg.data.graph = lib.model, lib.data.graph
+    cfg.model.num_layers = args.deeper_layers
+  cfg.batch.max_graphs = min(128, size)
+  distill_cfg.set_epochs(cfg, size, args.epochs, max(1, args.epochs // 10))
+  steps = int(cfg.train.num_steps)
+  cfg.train.update(seed=seed, log_every=max(1, steps // 20),
+                   eval_every=max(1, steps // 40),
+                   checkpoint_every=max(1, steps // 4))
+  cfg.distill.delta = 0.5 if mode == "distilled" else 1.0
+  cfg.init_from_teacher = mode == "finetuned"
   return cfg
 
 
-def ensure_teacher(args) -> str:
+def ensure_teacher(args, corpus_dir: str) -> str:
   if args.teacher:
     return args.teacher
   workdir = os.path.join(args.out, "teacher")
-  cfg = _configs()["crysgnn_pretrain"].get_config("demo")
-  cfg.data.cache_dir = os.path.join(args.out, "corpus")
-  cfg.train.num_steps = args.teacher_steps
+  pre = _config("crysgnn_pretrain")
+  cfg = pre.get_config("tiny" if args.tiny else "")
+  cfg.data.update(path=corpus_dir, cache_dir=os.path.join(args.out, "corpus"))
+  cfg.data.corpus.update(extra=args.corpus_n, workers=args.workers)
+  if not args.tiny:
+    total = args.corpus_n + args.pretrain_alloys
+    cfg.train.num_steps = pre.epochs_to_steps(
+        args.teacher_epochs, int(total * (1 - cfg.data.val_fraction)))
+    cfg.train.update(eval_every=max(1, cfg.train.num_steps // 20),
+                     checkpoint_every=max(1, cfg.train.num_steps // 20))
   trainer.train(cfg, workdir)
   return workdir
 
 
-def write_outputs(args, rows: List[Dict], teacher: str) -> None:
+def converged(workdir: str, tol: float) -> bool:
+  """Validation MAE flat over the last quarter of the run."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    val = [r for r in map(json.loads, f) if r["split"] == "val"]
+  if len(val) < 4:
+    return False
+  steps = np.array([r["step"] for r in val])
+  mae = np.array([r["mae"] for r in val])
+  last = steps >= steps[-1] * 0.75
+  before = mae[~last].min() if (~last).any() else np.inf
+  return bool(mae[last].min() >= before * (1 - tol))
+
+
+def write_outputs(args, rows: List[Dict], baseline: Dict) -> str:
   sizes = sorted({r["size"] for r in rows})
-  mae = {(r["variant"], r["size"], r["seed"]): r["test_mae"] for r in rows}
   seeds = sorted({r["seed"] for r in rows})
-
-  def cell(v, m):
-    vals = [mae[(v, m, s)] for s in seeds if (v, m, s) in mae]
-    if not vals:
-      return "—", np.nan
-    mean = float(np.mean(vals))
-    text = f"{mean:.4f}" + (f" ± {np.std(vals):.4f}" if len(vals) > 1 else "")
-    return text, mean
-
-  lines = [f"Test MAE ({args.kind}, eV) of CGCNN 5x64 students; teacher "
-           f"{teacher}; {args.steps} steps per run; seeds {seeds}.", "",
-           "| train size | " + " | ".join(VARIANTS) + " |",
-           "|---:|" + "---:|" * len(VARIANTS)]
-  curves = {v: [] for v in VARIANTS}
-  for m in sizes:
-    texts = []
-    for v in VARIANTS:
-      t, mean = cell(v, m)
-      texts.append(t)
-      curves[v].append(mean)
-    lines.append(f"| {m} | " + " | ".join(texts) + " |")
+  lines = [f"Test MAE (meV/atom) of EMT formation energies of bulk alloy "
+           f"crystals, mean ± std over seeds {seeds}, {args.epochs} epochs "
+           f"per run (* = some run not converged). Mean predictor "
+           f"{1e3 * baseline['mean']:.1f}, composition least squares "
+           f"{1e3 * baseline['composition']:.1f}.", "",
+           "| student | train size | " + " | ".join(MODES) + " |",
+           "|---|---:|" + "---:|" * len(MODES)]
+  curves = {}
+  for st in STUDENTS:
+    for m in sizes:
+      cells = []
+      for mode in MODES:
+        sel = [r for r in rows if (r["student"], r["size"], r["mode"]) ==
+               (st, m, mode)]
+        if not sel:
+          cells.append("—")
+          continue
+        v = 1e3 * np.array([r["test_mae"] for r in sel])
+        mark = "" if all(r["converged"] for r in sel) else "*"
+        cells.append(f"{v.mean():.1f} ± {v.std():.1f}{mark}")
+        curves.setdefault((st, mode), []).append((m, v.mean(), v.std()))
+      if any(c != "—" for c in cells):
+        lines.append(f"| {st} | {m} | " + " | ".join(cells) + " |")
   table = "\n".join(lines) + "\n"
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(table)
-  print(table)
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for v in VARIANTS:
-    ax.plot(sizes, curves[v], "o-", label=v)
-  ax.set_xscale("log")
-  ax.set_xlabel("training structures")
-  ax.set_ylabel("test MAE (eV)")
-  ax.set_title(f"CrysGNN distillation: {args.kind}")
-  ax.legend()
+  fig, axes = plt.subplots(1, len(STUDENTS), figsize=(9, 3.5), sharey=True)
+  for ax, st in zip(np.atleast_1d(axes), STUDENTS):
+    for mode in MODES:
+      pts = curves.get((st, mode))
+      if pts:
+        x, y, e = map(np.array, zip(*pts))
+        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=mode)
+    ax.axhline(1e3 * baseline["composition"], color="grey", ls="--",
+               label="composition only")
+    ax.set_xscale("log")
+    ax.set_xlabel("training crystals")
+    ax.set_title(st)
+  np.atleast_1d(axes)[0].set_ylabel("test MAE (meV/atom)")
+  np.atleast_1d(axes)[0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(os.path.join(args.out, "results.png"), dpi=120)
   plt.close(fig)
+  return table
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", default="runs/crysgnn_exp")
   p.add_argument("--teacher", default="")
-  p.add_argument("--teacher_steps", type=int, default=400)
-  p.add_argument("--cache_dir", default="",
-                 help="generated labelled data cache (default OUT/data)")
-  p.add_argument("--kind", default="surfaces",
-                 choices=("surfaces", "pt_clusters"))
-  p.add_argument("--n_data", type=int, default=400)
-  p.add_argument("--sizes", default="30,60,120,240")
-  p.add_argument("--seeds", default="0")
-  p.add_argument("--steps", type=int, default=300)
-  p.add_argument("--delta", type=float, default=0.5)
+  p.add_argument("--corpus_n", type=int, default=20000)
+  p.add_argument("--pretrain_alloys", type=int, default=5000)
+  p.add_argument("--teacher_epochs", type=int, default=20)
+  p.add_argument("--n_labelled", type=int, default=4000)
+  p.add_argument("--sizes", default="200,800,3200")
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--epochs", type=int, default=300)
+  p.add_argument("--deeper_layers", type=int, default=10)
+  p.add_argument("--students", default=",".join(STUDENTS))
+  p.add_argument("--modes", default=",".join(MODES))
+  p.add_argument("--flat_tol", type=float, default=0.02)
   p.add_argument("--workers", type=int, default=2)
-  p.add_argument("--variants", default=",".join(VARIANTS))
+  p.add_argument("--tiny", action="store_true",
+                 help="end-to-end check in a few minutes (meaningless "
+                      "numbers): tiny corpus, teacher and students")
   args = p.parse_args(argv)
+  if args.tiny:
+    args.corpus_n, args.pretrain_alloys, args.n_labelled = 16, 16, 60
+    args.sizes, args.seeds, args.epochs = "24", "0", 3
+    args.deeper_layers = 2
   os.makedirs(args.out, exist_ok=True)
   t0 = time.time()
-  teacher = ensure_teacher(args)
-  rows = []
-  path = os.path.join(args.out, "results.json")
+  # Labelled crystals 0..n-1; pre-training alloys after them (disjoint).
+  data = os.path.join(args.out, "labelled")
+  if not os.path.exists(os.path.join(data, "targets.csv")):
+    generators.write_dataset(data, alloys.alloy_crystals(args.n_labelled))
+  corpus_dir = os.path.join(args.out, "pretrain_alloys")
+  if not os.path.exists(os.path.join(corpus_dir, "targets.csv")):
+    # One structure file each (the corpus reads files; targets.csv is
+    # skipped, so the teacher never sees a label).
+    generators.write_dataset(corpus_dir, alloys.alloy_crystals(
+        args.pretrain_alloys, start=args.n_labelled))
+  teacher = ensure_teacher(args, corpus_dir)
+  rows, path = [], os.path.join(args.out, "results.json")
+  baseline = None
   for seed in map(int, args.seeds.split(",")):
     for size in map(int, args.sizes.split(",")):
-      for variant in args.variants.split(","):
-        cfg = student_config(variant, teacher, args, size)
-        cfg.train.seed = seed
-        workdir = os.path.join(args.out, f"{variant}_n{size}_s{seed}")
-        val = trainer.train(cfg, workdir)
-        test = trainer.evaluate(workdir, split="test", which="best")
-        rows.append({"variant": variant, "size": size, "seed": seed,
-                     "val_mae": val.get("mae"), "test_mae": test["mae"],
-                     "test_r2": test["r2"], "best_step": test["step"]})
-        logging.info("%s n=%d seed=%d: test MAE %.4f", variant, size, seed,
-                     test["mae"])
-        with open(path, "w") as f:
-          json.dump({"rows": rows, "args": vars(args),
-                     "seconds": time.time() - t0}, f, indent=1)
-  write_outputs(args, rows, teacher)
+      for student in args.students.split(","):
+        for mode in args.modes.split(","):
+          if mode == "finetuned" and student != "cgcnn":
+            continue          # no teacher-shaped DeeperGATGNN encoder.
+          cfg = student_config(student, mode, size, seed, teacher, data, args)
+          workdir = os.path.join(args.out,
+                                 f"{student}_{mode}_n{size}_s{seed}")
+          trainer.train(cfg, workdir)
+          test = trainer.evaluate(workdir, split="test", which="best")
+          if baseline is None:
+            baseline = _baselines(cfg)
+          rows.append({"student": student, "mode": mode, "size": size,
+                       "seed": seed, "test_mae": test["mae"],
+                       "best_step": test["step"],
+                       "steps": int(cfg.train.num_steps),
+                       "converged": converged(workdir, args.flat_tol)})
+          logging.info("%s %s n=%d seed=%d: test MAE %.4f", student, mode,
+                       size, seed, test["mae"])
+          with open(path, "w") as f:
+            json.dump({"rows": rows, "baseline": baseline, "args": vars(args),
+                       "teacher": teacher, "seconds": time.time() - t0}, f,
+                      indent=1)
+  print(write_outputs(args, rows, baseline))
   print(f"done in {time.time() - t0:.0f} s")
+
+
+def _baselines(cfg) -> Dict[str, float]:
+  """Mean predictor and composition least squares on the full training
+  split, scored on the test split."""
+  splits = CrystalPropertyTask(cfg).load_splits()
+  y = np.array([float(np.ravel(s.targets["target"])[0])
+                for s in splits["train"]])
+  t = np.array([float(np.ravel(s.targets["target"])[0])
+                for s in splits["test"]])
+  return {"mean": float(np.mean(np.abs(t - y.mean()))),
+          "composition": alloys.composition_baseline(splits["train"],
+                                                     splits["test"])}
 
 
 if __name__ == "__main__":
