@@ -223,21 +223,24 @@ class GNS(hk.Module):
       frames = features.lattice_frame(graph.globals["cell"].astype(jnp.float32))
 
     v_enc, e_enc = encode(self, graph, node_graph, frames)
-    nmask = node_mask[:, None].astype(v_enc.dtype)
+    nmask = node_mask[:, None].astype(jnp.float32)
 
-    def pool(x):  # [N, D] -> [G, D], sum over real nodes of each graph.
-      return jax.ops.segment_sum(x * nmask, node_graph, num_graphs)
+    def pool(x):  # [N, D] -> [G, D], sum over real nodes of each graph,
+      # in float32 under every train.precision (engine.precision).
+      return jax.ops.segment_sum(x.astype(jnp.float32) * nmask, node_graph,
+                                 num_graphs)
 
     # Graph decoder, encoder half: W_E sum_i MLP_E(a_i^Enc) + b_E (§3.2).
-    y_enc = hk.Linear(self.num_targets, name="graph_decoder_encoder_linear")(
+    y_enc = nn.ReadoutLinear(self.num_targets,
+                             name="graph_decoder_encoder_linear")(
         pool(_mlp(self, "graph_decoder_encoder_mlp", layer_norm=False)(v_enc)))
 
     block = _Block(self.num_steps, self.latent_size, self.mlp_layers,
                    self.activation, self.remat, name="block",
                    hidden_size=self.mlp_hidden_size)
     proc_mlp = _mlp(self, "graph_decoder_processor_mlp", layer_norm=False)
-    proc_linear = hk.Linear(self.num_targets,
-                            name="graph_decoder_processor_linear")
+    proc_linear = nn.ReadoutLinear(self.num_targets,
+                                   name="graph_decoder_processor_linear")
     node_decoder = _mlp(self, "node_decoder", layer_norm=False, out=3)
 
     def iteration(carry, _):

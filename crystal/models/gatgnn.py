@@ -58,9 +58,13 @@ def _head_dot_bwd(res, g):
   # g.T @ u is [K·H, H·D]; its diagonal blocks are the gradient. XLA's own
   # transpose, u.T @ g [H·D, K·H] (a matmul contracting the long axis of a
   # transposed operand), was 6x slower on XLA:CPU.
+  # (Cotangents in the primals' dtypes: under bf16 the incoming g can be
+  # float32.)
+  g = g.astype(u.dtype)
   blocks = (g.T @ u).reshape(k, heads, heads, dim)
   g_att = jnp.diagonal(blocks, axis1=1, axis2=2)               # [K, D, H]
-  return g @ _block_diagonal(att).T, g_att.transpose(0, 2, 1)
+  return (g @ _block_diagonal(att).T).astype(u.dtype), g_att.transpose(
+      0, 2, 1).astype(att.dtype)
 
 
 head_dot.defvjp(_head_dot_fwd, _head_dot_bwd)
@@ -84,8 +88,8 @@ def _head_weighted_sum_fwd(u, alpha):
 
 def _head_weighted_sum_bwd(res, g):
   u, alpha = res
-  return (g[:, None, :] * alpha[:, :, None],
-          jnp.einsum("ehd,ed->eh", u, g))
+  return ((g[:, None, :] * alpha[:, :, None]).astype(u.dtype),
+          jnp.einsum("ehd,ed->eh", u, g).astype(alpha.dtype))
 
 
 head_weighted_sum.defvjp(_head_weighted_sum_fwd, _head_weighted_sum_bwd)

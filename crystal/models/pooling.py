@@ -25,8 +25,11 @@ def segment_softmax(logits: jnp.ndarray, segment_ids: jnp.ndarray,
     mask: [E] bool; rows with False get weight 0 and are left out of the
       normaliser of their segment.
   Returns:
-    [E, ...] weights; for every segment with a real row they sum to 1.
+    [E, ...] float32 weights (whatever the dtype of ``logits``: the
+    normaliser is a sum over up to hundreds of rows); for every segment with
+    a real row they sum to 1.
   """
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   m = mask.reshape((-1,) + (1,) * (logits.ndim - 1))
   masked = jnp.where(m, logits, -jnp.inf)
   seg_max = jax.ops.segment_max(masked, segment_ids, num_segments)

@@ -185,7 +185,7 @@ def output_head(x: jnp.ndarray, hidden: Sequence[int], num_targets: int,
   with hk.experimental.name_scope(name):
     for i, size in enumerate(hidden):
       x = act(hk.Linear(size, name=f"post_fc_{i}")(x))
-    return hk.Linear(num_targets, name="out")(x)
+    return nn_lib.ReadoutLinear(num_targets, name="out")(x)
 
 
 def count_params(params) -> int:

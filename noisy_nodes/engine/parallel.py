@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from noisy_nodes import nn
 from noisy_nodes.engine import optim
+from noisy_nodes.engine import precision as precision_lib
 from noisy_nodes.engine import runtime
 
 AXIS = "batch"
@@ -170,16 +171,21 @@ def _unstack(tree):
 
 def make_train_step(task, transformed: hk.TransformedWithState,
                     optimizer: optax.GradientTransformation, mesh: Mesh,
-                    ema_decay: float = 0.0, skip_nonfinite: bool = False
+                    ema_decay: float = 0.0, skip_nonfinite: bool = False,
+                    policy: Optional[precision_lib.Policy] = None
                     ) -> Callable[[TrainState, Any], Any]:
   """Builds the jitted, device-sharded training step.
 
   Returns ``step(train_state, batch) -> (train_state, metrics)`` where
   ``batch`` leads with the device axis and metrics are global averages
   (plus ``finite``: whether loss and gradients were finite; when not, the
-  update is not applied).
+  update is not applied). ``policy`` (default fp32) sets the matmul
+  precision; ``transformed`` carries its casts (``Policy.wrap``). The loss,
+  gradients, optimizer and EMA are float32 under every policy.
   """
+  policy = policy or precision_lib.Policy("fp32", mesh.devices.flat[0].platform)
 
+  @policy.step_scope()
   def per_device(ts: TrainState, batch):
     batch = _unstack(batch)
     key = jax.random.wrap_key_data(ts.rng)
@@ -191,6 +197,7 @@ def make_train_step(task, transformed: hk.TransformedWithState,
       with nn.data_parallel_axis(AXIS):
         outputs, new_state = transformed.apply(params, ts.state, dev_key,
                                                batch, True)
+        outputs = precision_lib.to_float32(outputs)
         loss_sum, weight, metrics = task.loss(outputs, batch)
       return loss_sum, (weight, metrics, new_state)
 
@@ -229,13 +236,16 @@ def make_train_step(task, transformed: hk.TransformedWithState,
                  compiler_options=compiler_options(mesh))
 
 
-def make_eval_step(task, transformed: hk.TransformedWithState, mesh: Mesh):
+def make_eval_step(task, transformed: hk.TransformedWithState, mesh: Mesh,
+                   policy: Optional[precision_lib.Policy] = None):
   """``eval(params, state, batch) -> predictions`` with a device axis."""
+  policy = policy or precision_lib.Policy("fp32", mesh.devices.flat[0].platform)
 
+  @policy.step_scope()
   def per_device(params, state, batch):
     batch = _unstack(batch)
     outputs, _ = transformed.apply(params, state, None, batch, False)
-    preds = task.predict(outputs, batch)
+    preds = task.predict(precision_lib.to_float32(outputs), batch)
     return jax.tree_util.tree_map(lambda x: x[None], preds)
 
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(AXIS)),

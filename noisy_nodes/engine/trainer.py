@@ -32,6 +32,7 @@ from noisy_nodes.engine import checkpoint as ckpt_lib
 from noisy_nodes.engine import logger as logger_lib
 from noisy_nodes.engine import optim
 from noisy_nodes.engine import parallel
+from noisy_nodes.engine import precision
 from noisy_nodes.engine import runtime
 from noisy_nodes.structures import DataError, Structure
 from noisy_nodes.tasks import base as task_base
@@ -86,6 +87,7 @@ class Experiment:
     self.mesh = parallel.make_mesh()
     self.local_mesh = parallel.make_mesh(local_only=True)
     self.num_local = jax.local_device_count()
+    self.policy = precision.from_config(config)  # train.precision, logged
     self.splits = self.task.load_splits()
     for name, items in self.splits.items():
       logging.info("split %s: %d structures", name, len(items))
@@ -162,7 +164,7 @@ class Experiment:
 
   # -- model ---------------------------------------------------------------------
   def transformed(self) -> hk.TransformedWithState:
-    return hk.transform_with_state(self.task.model)
+    return hk.transform_with_state(self.policy.wrap(self.task.model))
 
   def init_state(self, example: jraph.GraphsTuple, optimizer) -> parallel.TrainState:
     return init_train_state(self.task, self.transformed(),
@@ -182,7 +184,7 @@ class Experiment:
       return {}
     if self._eval_step is None:
       self._eval_step = parallel.make_eval_step(self.task, self.transformed(),
-                                                self.local_mesh)
+                                                self.local_mesh, self.policy)
     preds = predict_graphs(self._eval_step, params, state, graphs, budget,
                            self.num_local, [s.id for s in self.splits[split]],
                            compile_first=not self._eval_compiled)
@@ -349,7 +351,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                  "0)", resume_step, position[0].epoch, position[0].cursor)
   step_fn = parallel.make_train_step(
       exp.task, transformed, optimizer, exp.mesh,
-      ema_decay=float(config.optim.get("ema_decay", 0.0)))
+      ema_decay=float(config.optim.get("ema_decay", 0.0)),
+      policy=exp.policy)
   num_steps = int(tc.num_steps)
   log = logger_lib.MetricLogger(workdir, resume_step, num_steps)
   flag = _SignalFlag()
