@@ -112,7 +112,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim = dict(optimizer="adam", lr=3e-3, b1=0.9, b2=0.999,
                  schedule="piecewise", decay_steps=(), decay_factor=0.1,
                  warmup_steps=0, init_lr=0.0, clip_norm=0.0, ema_decay=0.0)
-  c.train = dict(num_steps=0, log_every=100, eval_every=100,
+  c.train = dict(precision="auto",  # or fp32, bf16, tf32 (engine/precision.py)
+                 num_steps=0, log_every=100, eval_every=100,
                  checkpoint_every=100, seed=0, max_to_keep=3,
                  skip_nonfinite=False, loss="mse", write_outputs=True)
   set_epochs(c, int(0.8 * c.data.num_structures))

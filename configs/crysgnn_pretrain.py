@@ -88,7 +88,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                  init_lr=0.0, clip_norm=0.0, ema_decay=0.0)
   train_size = round(c.data.corpus.n * (1 - c.data.val_fraction))
   steps = epochs_to_steps(20, train_size)
-  c.train = dict(num_steps=steps, log_every=100, eval_every=steps // 20,
+  c.train = dict(precision="auto",  # or fp32, bf16, tf32 (engine/precision.py)
+                 num_steps=steps, log_every=100, eval_every=steps // 20,
                  checkpoint_every=steps // 20, seed=0, max_to_keep=3,
                  skip_nonfinite=False)
   if variant == "library":

@@ -104,7 +104,8 @@ def crystal_config(model: str, variant: str = "",
                  ema_decay=0.0,
                  plateau=dict(enabled=True, factor=0.8, patience=10,
                               min_lr=1e-5))
-  c.train = dict(epochs=500, num_steps=0, log_every=20, eval_every=0,
+  c.train = dict(precision="auto",  # or fp32, bf16, tf32 (engine/precision.py)
+                 epochs=500, num_steps=0, log_every=20, eval_every=0,
                  checkpoint_every=0, seed=0, max_to_keep=2,
                  skip_nonfinite=False, loss="l1", write_outputs=True)
   if "demo" in tokens:

@@ -57,7 +57,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                  schedule="cosine_cycles", warmup_steps=500_000, init_lr=1e-5,
                  cycle_steps=5_000_000, final_lr_fraction=0.0, clip_norm=0.0,
                  ema_decay=0.9999)
-  c.train = dict(num_steps=5_500_000, log_every=1000, eval_every=50_000,
+  c.train = dict(precision="auto",  # or fp32, bf16, tf32 (engine/precision.py)
+                 num_steps=5_500_000, log_every=1000, eval_every=50_000,
                  checkpoint_every=10_000, seed=0, max_to_keep=3,
                  skip_nonfinite=True,
                  # 2 MiB pages for XLA:CPU buffers (engine/runtime.py): the

@@ -188,3 +188,41 @@ def test_precision_names_and_backend_defaults():
   assert precision.resolve("auto", "cpu").name == "fp32"
   with pytest.raises(ValueError, match="train.precision"):
     precision.resolve("fp16", "cpu")
+
+
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_accelerator_path_skips_cpu_machinery(platform, monkeypatch):
+  """With the backend faked as GPU/TPU: bf16 by default, and none of the
+  CPU-only machinery is built or set (AGAT kernels, XLA:CPU options, huge
+  pages restart, malloc_trim after compiling)."""
+  from crystal.models import agat_cpu  # pylint: disable=g-import-not-at-top
+  from crystal.models import gatgnn  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.engine import runtime  # pylint: disable=g-import-not-at-top
+
+  def refuse(*args, **kwargs):
+    raise AssertionError(f"CPU-only machinery used on {platform}")
+  monkeypatch.setattr(jax, "default_backend", lambda: platform)
+  monkeypatch.setattr(agat_cpu, "_load", refuse)
+  monkeypatch.setattr(agat_cpu, "_compile", refuse)
+  monkeypatch.setattr(parallel, "_cpu_options_supported", refuse)
+  monkeypatch.setattr(runtime, "release_free_memory", refuse)
+  monkeypatch.setattr(os, "execve", refuse)
+  monkeypatch.setattr(runtime, "hugepages_supported", lambda: True)
+  monkeypatch.setenv("JAX_PLATFORMS", {"gpu": "cuda", "tpu": "tpu"}[platform])
+  monkeypatch.delenv("NN_HUGEPAGES", raising=False)
+  monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+
+  class Device:  # what jax.devices()[0] would be
+    compute_capability = "9.0"
+  assert precision.resolve("auto", device=Device()).name == "bf16"
+  assert precision.resolve("auto", device=Device()).matmul_precision == (
+      "highest")
+  assert not agat_cpu.available()
+  layer_fused = hk.transform(lambda: gatgnn.AGATLayer(4).fused)
+  assert layer_fused.apply({}, None) is False  # the XLA path
+  assert parallel.compiler_options() == {}
+  runtime.reexec_with_hugepages(True)  # returns without restarting
+  assert runtime.expected_platform() == platform
+  assert not any(parallel.cpu_machinery().values())
+  step = jax.jit(lambda x: x + 1)
+  parallel.compile_ahead(step, jnp.float32(1))  # no malloc_trim

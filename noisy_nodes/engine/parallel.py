@@ -263,7 +263,8 @@ def compile_ahead(step, *args) -> None:
   together; compiling ahead makes the peak the larger of the two.
   """
   step.lower(*args).compile()
-  runtime.release_free_memory()
+  if jax.default_backend() == "cpu":  # host-heap scratch; none on GPU/TPU
+    runtime.release_free_memory()
 
 
 def to_host(tree):
@@ -283,8 +284,25 @@ def local_rows(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def cpu_machinery() -> dict:
+  """Which CPU-only settings this process may use; all off on GPU/TPU,
+  where none of them is built or set: the fused AGAT kernels
+  (``crystal.models.agat_cpu``, built on first use by a GATGNN training
+  step), the XLA:CPU compiler options, huge pages for XLA:CPU buffers and
+  handing compiler scratch back after each compilation."""
+  cpu = jax.default_backend() == "cpu"
+  return {"agat_cpu_kernels": cpu and os.environ.get("NN_AGAT_KERNEL") != "0",
+          "xla_cpu_options": bool(compiler_options()),
+          "hugepages": cpu and runtime.hugepages_active(),
+          "malloc_trim": cpu}
+
+
 def log_devices():
   logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)",
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
+  logging.info("device kind %s; CPU-only settings: %s",
+               jax.devices()[0].device_kind,
+               ", ".join(f"{k} {'on' if v else 'off'}"
+                         for k, v in cpu_machinery().items()))

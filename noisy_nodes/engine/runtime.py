@@ -49,6 +49,33 @@ def hugepages_supported() -> bool:
   return name == "glibc" and (major, minor) >= (2, 35) and "[never]" not in mode
 
 
+def expected_platform() -> str:
+  """'cpu', 'gpu' or 'tpu': where JAX will run, without starting it.
+
+  Huge pages must be decided before JAX starts (a GPU backend would claim
+  its memory before the restart). ``JAX_PLATFORMS`` when set; otherwise an
+  accelerator plugin that is installed *and* a device node it drives.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+  if platforms:
+    first = platforms.split(",")[0].strip().lower()
+    return {"cuda": "gpu", "rocm": "gpu"}.get(first, first)
+
+  def installed(*names):
+    return any(importlib.util.find_spec(n) is not None for n in names)
+  if os.path.exists("/dev/nvidia0") and installed(
+      "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_plugins.xla_cuda12"):
+    return "gpu"
+  if os.path.exists("/dev/kfd") and installed("jax_rocm60_plugin",
+                                              "jax_rocm7_plugin"):
+    return "gpu"
+  if (os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")) and (
+      installed("libtpu")):
+    return "tpu"
+  return "cpu"
+
+
 def hugepages_active() -> bool:
   return "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", "")
 
@@ -66,11 +93,13 @@ def reexec_with_hugepages(wanted: bool) -> None:
 
   Call before any work (before ``jax.distributed`` in particular): the
   process image is replaced (same PID, same arguments). Does nothing when
-  not ``wanted``, when ``NN_HUGEPAGES=0``, when already active, or where
-  unsupported.
+  not ``wanted``, when ``NN_HUGEPAGES=0``, when already active, where
+  unsupported, or when JAX will run on a GPU/TPU (``expected_platform``:
+  the buffers then live in device memory).
   """
   if (not wanted or os.environ.get("NN_HUGEPAGES") == "0" or
-      hugepages_active() or not hugepages_supported()):
+      hugepages_active() or not hugepages_supported() or
+      expected_platform() != "cpu"):
     return
   exe, argv, env = reexec_command(dict(os.environ))
   logging.info("restarting with %s (transparent huge pages for XLA buffers; "
