@@ -18,7 +18,7 @@ from noisy_nodes.engine import trainer
 from noisy_nodes.neighbors import neighbor_list
 from noisy_nodes.oc20 import emt
 from noisy_nodes.oc20 import metrics as oc20_metrics
-from noisy_nodes.structures import DataError
+from noisy_nodes.structures import DataError, Structure
 from noisy_nodes.tasks.oc20 import OC20Task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,6 +192,14 @@ def test_is2rs_trains_and_scores_adwt(emt_folder, tmp_path):
                                                 rel=1e-5)
   atoms[0].calc = model.as_ase_calculator()
   assert atoms[0].get_potential_energy() == pytest.approx(pred["energy"][0])
+  # What the OC20 readers refuse (Structure.validate), refused the same way.
+  bad = atoms[1].copy()
+  bad.positions[2] = np.inf
+  with pytest.raises(DataError) as api_error:
+    model.predict([atoms[0], bad])
+  with pytest.raises(DataError) as reader_error:
+    Structure.from_ase(bad, id="items[1]").validate()
+  assert str(api_error.value) == str(reader_error.value)
   np.testing.assert_allclose(
       atoms[0].calc.get_property("positions_relaxed", atoms[0]),
       pred["node_positions"][0])
