@@ -44,6 +44,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       sample_frames=True,   # §5.1: sample a trajectory frame, then add noise
       noise_fixed_atoms=True,
       limit=0,              # read at most this many structures per split
+      skip_invalid=False,   # skip (and list) bad inputs instead of exit 2
   )
   c.model = dict(
       latent_size=512, mlp_layers=3, num_message_passing_steps=50,

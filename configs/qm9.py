@@ -38,6 +38,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       cutoff=5.0, max_neighbors=0,
       noise_sigma=0.02,       # Table 10 (Å)
       random_rotation=False,  # augmentation (the GNS is not rotation invariant)
+      skip_invalid=False,     # skip (and list) bad inputs instead of exit 2
   )
   c.model = dict(
       latent_size=512, mlp_hidden_size=1024, mlp_layers=3,

@@ -366,6 +366,15 @@ class CrystalFeaturizer:
     hi = c.cutoff if c.distance_max is None else c.distance_max
     return lo, hi
 
+  def check(self, structure: Structure, sample: str) -> None:
+    """Raises ``DataError(sample, ...)`` if the node features cannot hold
+    every element of ``structure`` (before any graph is built, so that a
+    dataset reader can name the file and ``data.skip_invalid`` skip it)."""
+    what = ("one-hot Z" if self.config.node_features == "onehot"
+            else "CGCNN-92 features")
+    _check_z(np.asarray(structure.atomic_numbers, np.int64), NUM_ELEMENTS,
+             f"{what} ({NUM_ELEMENTS} elements)", sample)
+
   def __call__(self, structure: Structure) -> jraph.GraphsTuple:
     c = self.config
     sid = structure.id

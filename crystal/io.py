@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.structures import FLOAT32_MAX, DataError, Structure
 
 FORMATS = ("matdeeplearn", "cgcnn", "alignn")
 
@@ -125,7 +125,24 @@ def _read_atoms(path: str):
     if not atoms:
       raise DataError(path, "no structure in file")
     atoms = atoms[-1]
+  _check_occupancy(path, atoms.info.get("occupancy"))
   return atoms
+
+
+def _check_occupancy(path: str, occupancy) -> None:
+  """A partially occupied (disordered) site is an error, not one atom.
+
+  ase's CIF reader keeps one species per site and records the site's
+  ``_atom_site_occupancy`` in ``atoms.info['occupancy']`` ({site: {symbol:
+  occupancy}}); a graph of atoms cannot represent a mixed site.
+  """
+  for site, species in sorted((occupancy or {}).items()):
+    total = sum(float(v) for v in species.values())
+    if len(species) > 1 or abs(total - 1.0) > 1e-3:
+      mix = " / ".join(f"{k} {float(v):g}" for k, v in species.items())
+      raise DataError(path, f"partially occupied site {site} ({mix}): "
+                      "disordered structures are not supported; give an "
+                      "ordered cell")
 
 
 def check_structure(structure: Structure, allow_overlap: bool = False,
@@ -223,6 +240,18 @@ def _is_number(text: str) -> bool:
     return False
 
 
+def _table_width(rows) -> int:
+  """The expected row width of a table: the most common one (ties: widest).
+
+  Not the longest row: a few rows with an extra column must be blamed
+  themselves, not make every good row look short.
+  """
+  counts: Dict[int, int] = {}
+  for _, r in rows:
+    counts[len(r)] = counts.get(len(r), 0) + 1
+  return max(counts, key=lambda w: (counts[w], w))
+
+
 def read_targets_csv(path: str, allow_header: bool = True,
                      is_sample=lambda sid: False
                      ) -> Tuple[List[Tuple[str, object]], bool]:
@@ -249,13 +278,17 @@ def read_targets_csv(path: str, allow_header: bool = True,
     header, rows = True, rows[1:]
     if not rows:
       raise DataError(path, "empty dataset (header only)")
-  width = max(len(r) for _, r in rows)
+  width = _table_width(rows)
   out = []
   for line, r in rows:
     sid = r[0]
     if not sid:
       raise DataError(f"{path}:{line}", "empty id")
     vals = r[1:]
+    if len(r) > width:
+      out.append((sid, f"line {line}: {len(vals)} target columns, expected "
+                  f"{width - 1} (as most rows)"))
+      continue
     if not vals or any(v == "" for v in vals) or len(r) < width:
       out.append((sid, f"line {line}: missing target"))
       continue
@@ -266,6 +299,10 @@ def read_targets_csv(path: str, allow_header: bool = True,
     t = np.array([float(v) for v in vals], np.float64)
     if not np.all(np.isfinite(t)):
       out.append((sid, f"line {line}: target is not finite ({','.join(vals)})"))
+      continue
+    if np.any(np.abs(t) > FLOAT32_MAX):
+      out.append((sid, f"line {line}: target {','.join(vals)} overflows "
+                  "float32 (|x| > 3.4e38)"))
       continue
     out.append((sid, t))
   return out, header

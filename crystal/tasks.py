@@ -52,7 +52,7 @@ import numpy as np
 import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
 from noisy_nodes.structures import (DataError, Structure, load_structures,
-                                    save_structures)
+                                    save_structures, validate_all)
 from noisy_nodes.tasks.base import Task
 
 from crystal import datasets
@@ -194,6 +194,7 @@ class CrystalPropertyTask(Task):
                        f"{self.loss_kind!r}")
     self._cached: Dict[int, tuple] = {}
     self._all: List[Structure] = []
+    self.train_elements: Optional[List[int]] = None  # Z of the training set
 
   # -- data --------------------------------------------------------------------------
   def dataset(self) -> List[Structure]:
@@ -201,11 +202,14 @@ class CrystalPropertyTask(Task):
     d = self.config.data
     if d.get("path", ""):
       from crystal import io as io_lib  # pylint: disable=g-import-not-at-top
+      skip = bool(d.get("skip_invalid", False))
       structures, report = io_lib.read_dataset_folder(
-          d.path, format=d.get("format", "") or None,
-          skip_invalid=bool(d.get("skip_invalid", False)))
+          d.path, format=d.get("format", "") or None, skip_invalid=skip)
+      structures = validate_all(structures, skip, report.skipped,
+                                check=self.featurizer.check)
       for line in report.lines():
         logging.warning("%s", line)
+      self.skipped.extend(report.skipped)  # -> DIR/data_report.json
       return structures
     return generated_dataset(d.generate, d.cache_dir)
 
@@ -217,7 +221,8 @@ class CrystalPropertyTask(Task):
       # "example" (the smallest structure) shapes the batch that restores
       # the parameters, so one large file cannot break the restore.
       from crystal import io as io_lib  # pylint: disable=g-import-not-at-top
-      structures = [io_lib.read_structure(p) for p in files]
+      structures = validate_all([io_lib.read_structure(p) for p in files],
+                                check=self.featurizer.check)
       smallest = min(structures, key=lambda s: s.num_atoms)
       return {"predict": structures, "example": [smallest]}
     structures = self.dataset()
@@ -245,6 +250,8 @@ class CrystalPropertyTask(Task):
       self.target_mean = np.zeros(t.shape[1])
       self.target_std = np.ones(t.shape[1])
     self._resolve_epochs(len(train))
+    self.train_elements = sorted({int(z) for s in train
+                                  for z in s.atomic_numbers})
     if self.config.data.get("graph_cache", True):
       cache = os.path.join(self.config.data.cache_dir, "graphs")
       graphs = datasets.load_or_build(self._all, self.featurizer, cache)
@@ -269,7 +276,8 @@ class CrystalPropertyTask(Task):
     return {"distance_min": lo, "distance_max": hi,
             "num_targets": self.num_targets,
             "target_mean": [float(x) for x in self.target_mean],
-            "target_std": [float(x) for x in self.target_std]}
+            "target_std": [float(x) for x in self.target_std],
+            "train_elements": self.train_elements}
 
   def load_state_dict(self, state: Mapping[str, Any]) -> None:
     import dataclasses  # pylint: disable=g-import-not-at-top
@@ -279,6 +287,7 @@ class CrystalPropertyTask(Task):
     self.num_targets = int(state["num_targets"])
     self.target_mean = np.asarray(state["target_mean"], np.float64)
     self.target_std = np.asarray(state["target_std"], np.float64)
+    self.train_elements = state.get("train_elements")  # None: older runs
     self._cached = {}
 
   def check_input(self, structure: Structure) -> Structure:
@@ -292,6 +301,12 @@ class CrystalPropertyTask(Task):
     hit = self._cached.get(id(structure))
     if hit is not None and hit[0] is structure:
       return hit[1]
+    unseen = sorted(set(int(z) for z in structure.atomic_numbers)
+                    - set(self.train_elements or ()))
+    if self.train_elements and unseen:
+      logging.warning("%s: element(s) Z=%s never seen in training: the "
+                      "prediction is an extrapolation",
+                      structure.info.get("source", structure.id), unseen)
     return self.featurizer(structure)
 
   # -- model and loss ------------------------------------------------------------------

@@ -19,6 +19,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 MAX_ATOMIC_NUMBER = 118
+# Models train in float32: a target beyond this is inf there (numpy: a warning).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class DataError(ValueError):
@@ -100,6 +102,9 @@ class Structure:
     for k, v in self.targets.items():
       if not np.all(np.isfinite(v)):
         raise DataError(self.id, f"target {k!r} is missing or not finite")
+      if np.any(np.abs(np.asarray(v, np.float64)) > FLOAT32_MAX):
+        raise DataError(self.id, f"target {k!r} overflows float32 (|x| > "
+                        "3.4e38), the precision models train in")
     for k, v in self.node_arrays.items():
       axis = 1 if k.startswith("frames") else 0
       if v.ndim <= axis or v.shape[axis] != n:
@@ -218,19 +223,32 @@ def _cat(arrs: Iterable[np.ndarray], dtype, empty_shape=(0,)) -> np.ndarray:
 
 
 def validate_all(structures: Sequence[Structure], skip_invalid: bool = False,
-                 report: Optional[List[str]] = None) -> List[Structure]:
+                 report: Optional[List[str]] = None,
+                 check=None) -> List[Structure]:
   """Validates every structure; raises on the first bad one, or skips it.
 
-  With ``skip_invalid`` the faults are appended to ``report`` (a list of
-  "id: fault" lines) instead of raising.
+  Args:
+    structures: the dataset.
+    skip_invalid: append the faults to ``report`` (a list of "sample: fault"
+      lines) instead of raising.
+    report: where skipped samples are listed.
+    check: optional ``check(structure, sample)`` raising ``DataError`` for
+      what a task or model cannot use (e.g. an element outside its feature
+      range). Faults name the source file (``info['source']``) when the
+      structure has one, else its id.
   """
   out = []
   for s in structures:
+    sample = s.info.get("source", s.id) if s.info else s.id
     try:
-      out.append(s.validate())
+      s.validate()
+      if check is not None:
+        check(s, sample)
+      out.append(s)
     except DataError as e:
+      err = e if e.sample == sample else DataError(sample, e.fault)
       if not skip_invalid:
-        raise
+        raise err from None
       if report is not None:
-        report.append(str(e))
+        report.append(str(err))
   return out

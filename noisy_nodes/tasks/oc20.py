@@ -41,7 +41,7 @@ from noisy_nodes import gns as gns_lib
 from noisy_nodes import noise
 from noisy_nodes.graphs import structure_to_graph
 from noisy_nodes.oc20 import metrics as oc20_metrics
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.structures import DataError, Structure, validate_all
 from noisy_nodes.tasks.base import Task
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -80,8 +80,13 @@ def _data_files(path: str, fmt: str) -> List[str]:
   return files
 
 
-def read_path(path: str, fmt: str = "", limit: int = 0) -> List[Structure]:
-  """Every structure of a file or folder (sorted file order)."""
+def read_path(path: str, fmt: str = "", limit: int = 0,
+              skipped: Optional[List[str]] = None) -> List[Structure]:
+  """Every structure of a file or folder (sorted file order).
+
+  With ``skipped`` (a list: ``data.skip_invalid``) a file that does not read
+  is listed there and skipped instead of raising.
+  """
   from noisy_nodes.oc20 import readers  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise DataError(path, "no such file or folder (data.path)")
@@ -93,7 +98,12 @@ def read_path(path: str, fmt: str = "", limit: int = 0) -> List[Structure]:
     raise DataError(path, f"unknown data.format {fmt!r}")
   out: List[Structure] = []
   for f in _data_files(path, fmt):
-    out.extend(read(f))
+    try:
+      out.extend(read(f))
+    except DataError as e:
+      if skipped is None:
+        raise
+      skipped.append(f"{e} (file skipped)")
     if limit and len(out) >= limit:
       return out[:limit]
   return out
@@ -154,6 +164,8 @@ class OC20Task(Task):
   def load_splits(self) -> Dict[str, List[Structure]]:
     d = self.config.data
     limit = int(d.get("limit", 0) or 0)
+    skip = bool(d.get("skip_invalid", False))
+    skipped = self.skipped if skip else None
     if not d.get("path", ""):
       splits = self._emt_splits()
     else:
@@ -165,9 +177,9 @@ class OC20Task(Task):
         for split, items in entries.items():
           splits[split] = []
           for item in items:
-            splits[split].extend(read_path(item, fmt, limit))
+            splits[split].extend(read_path(item, fmt, limit, skipped))
       else:
-        everything = read_path(path, fmt)
+        everything = read_path(path, fmt, skipped=skipped)
         idx = deterministic_split(len(everything),
                                   float(d.get("val_fraction", 0.1)),
                                   float(d.get("test_fraction", 0.1)),
@@ -175,6 +187,11 @@ class OC20Task(Task):
         splits = {k: [everything[i] for i in v] for k, v in idx.items()}
     if limit:
       splits = {k: v[:limit] for k, v in splits.items()}
+    if self._uses_energy() and splits.get("val"):
+      # A validation structure without the target would silently drop
+      # every validation energy metric (and the best checkpoint).
+      splits["val"] = validate_all(splits["val"], skip, self.skipped,
+                                   check=self._check_target)
     kinds = {s.info.get("energy_kind", "adsorption")
              for v in splits.values() for s in v}
     self.energy_kind = "total" if "total" in kinds else "adsorption"
@@ -200,6 +217,11 @@ class OC20Task(Task):
   def _uses_energy(self) -> bool:
     return self.kind == "is2re" or float(
         self.config.loss.get("graph_loss_weight", 1.0)) != 0.0
+
+  def _check_target(self, s: Structure, sample: str) -> None:
+    if self._energy(s) is None:
+      raise DataError(sample, f"validation structure has no "
+                      f"{self.target_name!r} target")
 
   def _energy(self, s: Structure) -> Optional[float]:
     t = s.targets.get(self.target_name)

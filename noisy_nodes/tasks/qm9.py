@@ -41,7 +41,7 @@ from noisy_nodes import noise
 from noisy_nodes.graphs import structure_to_graph
 from noisy_nodes.qm9 import metrics as qm9_metrics_lib
 from noisy_nodes.qm9 import reader
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.structures import DataError, Structure, validate_all
 from noisy_nodes.tasks.base import Task
 
 
@@ -88,17 +88,19 @@ class QM9Task(Task):
       allow_nan = True
     structures = reader.read_qm9_dir(path, exclude_ids=exclude,
                                      allow_nan=allow_nan, cache_dir=cache)
-    missing = [s.id for s in structures
-               if any(t not in s.targets for t in self.targets)]
-    if missing:
-      raise DataError(missing[0], f"target(s) {self.targets} unavailable "
-                      f"for {len(missing)} molecules")
+    structures = validate_all(structures, bool(d.get("skip_invalid", False)),
+                              self.skipped, check=self._check_targets)
     n_val = int(d.get("num_val", -1))
     n_test = int(d.get("num_test", -1))
     idx = reader.split_indices(len(structures), int(d.get("split_seed", 0)),
                                None if n_val < 0 else n_val,
                                None if n_test < 0 else n_test)
     return {k: [structures[i] for i in v] for k, v in idx.items()}
+
+  def _check_targets(self, s: Structure, sample: str) -> None:
+    missing = [t for t in self.targets if t not in s.targets]
+    if missing:
+      raise DataError(sample, f"target(s) {missing} unavailable")
 
   def _generated(self, cache: str) -> str:
     """The xTB QM9-like folder (generated once, marked complete)."""
