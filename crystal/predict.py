@@ -19,6 +19,7 @@ import warnings
 from typing import Dict, List, Optional, Sequence
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
+from noisy_nodes import errors
 from noisy_nodes.structures import DataError
 
 
@@ -63,9 +64,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always", api.UnseenElementWarning)
       res = predict_files(args.workdir, args.structures, args.checkpoint)
-  except (DataError, FileNotFoundError) as e:
-    print(f"error: bad input: {e}", file=sys.stderr)
-    return 2
+  except Exception as e:  # pylint: disable=broad-except
+    known = errors.describe(e)  # user faults: one line, exit 2
+    if known is None:
+      raise
+    print(known[1], file=sys.stderr)
+    return known[0]
   for w in caught:
     if issubclass(w.category, api.UnseenElementWarning):
       print(f"warning: {w.message}", file=sys.stderr)

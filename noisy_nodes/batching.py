@@ -51,6 +51,21 @@ class Budget:
     return n_node <= self.max_nodes and n_edge <= self.max_edges
 
 
+def fitting_budget(budget: Budget, graphs: Sequence[jraph.GraphsTuple]
+                   ) -> Budget:
+  """``budget``, enlarged to hold the largest of ``graphs`` if needed.
+
+  For evaluation and prediction, which must give every structure a row (a
+  larger budget costs one more compilation, not an error).
+  """
+  n_max = max(int(g.n_node[0]) for g in graphs)
+  e_max = max(int(g.n_edge[0]) for g in graphs)
+  if budget.fits(n_max, e_max):
+    return budget
+  return Budget(max(budget.max_nodes, n_max), max(budget.max_edges, e_max),
+                budget.max_graphs)
+
+
 def estimate_budget(n_nodes: Sequence[int], n_edges: Sequence[int],
                     graphs_per_batch: int) -> Budget:
   """A budget that holds ``graphs_per_batch`` typical graphs.

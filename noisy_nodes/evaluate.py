@@ -6,16 +6,15 @@ r"""Evaluate a saved run without training; prints one JSON line of metrics.
 A wrapper over ``noisy_nodes.load(workdir, checkpoint).evaluate(split)``.
 """
 import json
-import sys
 
 from absl import app
 from absl import flags
 
 import noisy_nodes  # noqa: F401
 from noisy_nodes import api
+from noisy_nodes import errors
 from noisy_nodes.engine import logger
 from noisy_nodes.engine import parallel
-from noisy_nodes.structures import DataError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 _SPLIT = flags.DEFINE_string("split", "val", "Split: val, test or train.")
@@ -38,20 +37,15 @@ def main(argv):
   del argv
   logger.quiet_library_logs()
   if _CPU_DEVICES.value < 1:
-    raise app.UsageError(f"--cpu_devices must be >= 1, got "
-                         f"{_CPU_DEVICES.value}")
+    raise errors.ConfigError(f"--cpu_devices={_CPU_DEVICES.value}",
+                             "must be >= 1")
   if _CPU_DEVICES.value > 1:
     parallel.set_cpu_devices(_CPU_DEVICES.value)
   parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value,
                                   _DIST.value)
-  try:
-    metrics = api.load(_WORKDIR.value, _CKPT.value).evaluate(
-        _SPLIT.value, data_path=_DATA.value)
-  except (DataError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  metrics = errors.run_cli(lambda: api.load(_WORKDIR.value, _CKPT.value)
+                           .evaluate(_SPLIT.value, data_path=_DATA.value))
   print(json.dumps(metrics, default=float, sort_keys=True))
 
-
 if __name__ == "__main__":
-  app.run(main)
+  errors.run_cli(lambda: app.run(main, flags_parser=errors.parse_flags))

@@ -12,13 +12,13 @@ runs pass ``--coordinator_address/--num_processes/--process_id`` (or the
 NN_* environment variables; see launch/). On a CPU-only host,
 ``--cpu_devices=N`` (e.g. the number of cores) splits each batch over N
 data-parallel CPU devices: the same training, faster. Exit status: 0 done,
-2 bad input or a checkpoint this run cannot resume (other device count),
-3 non-finite loss, 143 preempted (checkpoint written: rerun to resume).
+2 a user fault, in one line naming the file or flag (bad input, config value,
+a checkpoint this run cannot resume, disk full: docs/faults.md), 3 non-finite
+loss, 143 preempted / 130 Ctrl-C (checkpoint written: rerun to resume).
 """
 import json
 import logging
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -29,7 +29,7 @@ from noisy_nodes.engine import logger
 from noisy_nodes.engine import parallel
 from noisy_nodes.engine import runtime
 from noisy_nodes.engine import trainer
-from noisy_nodes.structures import DataError
+from noisy_nodes import errors
 from noisy_nodes.tasks import base as task_base
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -130,16 +130,17 @@ def split_batch_over_cpu_devices(config, count: int) -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("--config and --workdir are required")
+    raise errors.ConfigError("command line", f"unexpected arguments "
+                             f"{argv[1:]}")
+  if errors.loaded_config(_CONFIG) is None or _WORKDIR.value is None:
+    raise errors.ConfigError("--config and --workdir", "are required")
   logger.quiet_library_logs()
   config = _CONFIG.value
   if _AS_SCRIPT:  # only a process of our own may be restarted
     runtime.reexec_with_hugepages(bool(config.train.get("hugepages", False)))
   if _CPU_DEVICES.value < 1:
-    raise app.UsageError(f"--cpu_devices must be >= 1, got "
-                         f"{_CPU_DEVICES.value}")
+    raise errors.ConfigError(f"--cpu_devices={_CPU_DEVICES.value}",
+                             "must be >= 1")
   if _CPU_DEVICES.value > 1:
     parallel.set_cpu_devices(_CPU_DEVICES.value)
   parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value,
@@ -147,31 +148,20 @@ def main(argv):
   if _CPU_DEVICES.value > 1:
     import jax  # pylint: disable=g-import-not-at-top
     if jax.default_backend() != "cpu":
-      raise app.UsageError(f"--cpu_devices is for CPU-only hosts; this one "
-                           f"trains on {jax.default_backend()}")
+      raise errors.ConfigError("--cpu_devices", f"is for CPU-only hosts; "
+                               f"this one trains on {jax.default_backend()}")
     split_batch_over_cpu_devices(config, _CPU_DEVICES.value)
     logging.info("%d CPU devices, %d graphs per device", _CPU_DEVICES.value,
                  int(config.batch.max_graphs))
-  try:
+  def run():
     if config.data.get("cv_folds", 0) and int(config.data.cv_folds) > 1:
       run_cross_validation(config, _WORKDIR.value)
     else:
       metrics = trainer.train(config, _WORKDIR.value)
       print(json.dumps({"final_val": metrics}, default=float))
       write_outputs(config, _WORKDIR.value)
-  except DataError as e:
-    logging.error("bad input: %s", e)
-    print(f"error: bad input: {e}", file=sys.stderr)
-    sys.exit(2)
-  except trainer.ResumeError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except trainer.NonFiniteError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
-
+  errors.run_cli(run)  # user faults: one line, exit 2 (3: non-finite)
 
 if __name__ == "__main__":
   _AS_SCRIPT = True
-  app.run(main)
+  errors.run_cli(lambda: app.run(main, flags_parser=errors.parse_flags))

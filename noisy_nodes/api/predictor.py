@@ -218,13 +218,7 @@ class Predictor:
       warnings.warn(msg, UnseenElementWarning, stacklevel=4)
 
   def _budget_for(self, graphs) -> batching.Budget:
-    b = self.budget
-    n_max = max(int(g.n_node[0]) for g in graphs)
-    e_max = max(int(g.n_edge[0]) for g in graphs)
-    if b.fits(n_max, e_max):
-      return b
-    return batching.Budget(max(b.max_nodes, n_max), max(b.max_edges, e_max),
-                           b.max_graphs)
+    return batching.fitting_budget(self.budget, graphs)
 
   def _restore(self, graphs, budget: batching.Budget) -> None:
     smallest = min(graphs, key=lambda g: int(g.n_node[0]))

@@ -29,11 +29,13 @@ import numpy as np
 
 from noisy_nodes import batching
 from noisy_nodes.engine import checkpoint as ckpt_lib
+from noisy_nodes.engine import checks
 from noisy_nodes.engine import logger as logger_lib
 from noisy_nodes.engine import optim
 from noisy_nodes.engine import parallel
 from noisy_nodes.engine import precision
 from noisy_nodes.engine import runtime
+from noisy_nodes.errors import NonFiniteError, ResumeError  # noqa: F401
 from noisy_nodes.structures import DataError, Structure
 from noisy_nodes.tasks import base as task_base
 
@@ -41,25 +43,22 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "checkpointed, rerun to resume"
 
 
 class Preempted(SystemExit):
-  def __init__(self):
-    super().__init__(PREEMPTED_EXIT_CODE)
+  """Checkpointed after SIGTERM (exit 143) or Ctrl-C (SIGINT, exit 130)."""
 
-
-class NonFiniteError(RuntimeError):
-  pass
-
-
-class ResumeError(RuntimeError):
-  """The workdir's checkpoint cannot be resumed by this run (device count)."""
+  def __init__(self, signum: int = signal.SIGTERM):
+    super().__init__(128 + int(signum))
 
 
 class _SignalFlag:
-  """SIGTERM/SIGINT -> finish the step, checkpoint, exit (preemption)."""
+  """SIGTERM/SIGINT -> finish the step, checkpoint, exit (preemption).
+
+  A second Ctrl-C interrupts at once (Python's default handler is back).
+  """
 
   def __init__(self):
     self.received = None
     self._old = {}
-    for sig in (signal.SIGTERM,):
+    for sig in (signal.SIGTERM, signal.SIGINT):
       try:
         self._old[sig] = signal.signal(sig, self._handler)
       except ValueError:  # not in the main thread
@@ -68,6 +67,8 @@ class _SignalFlag:
   def _handler(self, signum, frame):
     del frame
     self.received = signum
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.warning("received signal %d: will checkpoint after this step",
                     signum)
 
@@ -91,7 +92,10 @@ class Experiment:
     self.splits = self.task.load_splits()
     for name, items in self.splits.items():
       logging.info("split %s: %d structures", name, len(items))
-    self.write_data_report()
+    if self.task.skipped:
+      logging.warning("%d invalid inputs were skipped (data.skip_invalid); "
+                      "see %s", len(self.task.skipped),
+                      os.path.join(workdir, "data_report.json"))
     if need_train_data and not self.splits.get("train"):
       raise DataError(config.data.get("path", "dataset"),
                       "empty training split: no structures to train on")
@@ -102,10 +106,6 @@ class Experiment:
   def write_data_report(self):
     """Lists inputs skipped under ``data.skip_invalid`` (never silently)."""
     skipped = list(self.task.skipped)
-    if skipped:
-      logging.warning("%d invalid inputs were skipped (data.skip_invalid); "
-                      "see %s", len(skipped),
-                      os.path.join(self.workdir, "data_report.json"))
     if jax.process_index() == 0 and self.workdir:
       os.makedirs(self.workdir, exist_ok=True)
       with open(os.path.join(self.workdir, "data_report.json"), "w") as f:
@@ -182,6 +182,10 @@ class Experiment:
     graphs = self.graphs(split)
     if not graphs:
       return {}
+    # Evaluation predicts every structure: one larger than the training
+    # budget (skipped there under batch.skip_oversized) gets a budget that
+    # fits it (one more compilation), never an error or a missing row.
+    budget = batching.fitting_budget(budget, graphs)
     if self._eval_step is None:
       self._eval_step = parallel.make_eval_step(self.task, self.transformed(),
                                                 self.local_mesh, self.policy)
@@ -298,13 +302,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
 
   Returns the final validation metrics (EMA parameters when enabled).
   """
+  # Config, data, then resume compatibility are checked before anything is
+  # written: a rejected run leaves its workdir as it was (docs/faults.md).
+  checks.check_config(config)
+  checks.check_workdir(workdir)
   parallel.log_devices()
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   tc = config.train
   exp = Experiment(config, workdir)
+  if not exp.splits.get("val"):
+    logging.warning("the validation split is empty: no validation metrics "
+                    "and no best checkpoint (end-of-run outputs use the "
+                    "latest checkpoint)")
   exp.task.setup(exp.splits["train"])
   budget = exp.budget()
   logging.info("batch budget per device: %s", budget)
@@ -333,7 +341,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   position = None  # start of epoch 0 on every device
   resume_step = ckpt.latest_step()
   if resume_step is not None:
-    ts, meta, _ = ckpt.restore(ts)
+    ts, meta, resume_step = ckpt.restore(ts)
     first_shard = jax.process_index() * exp.num_local
     position = tuple(batching.DataPosition(int(e), int(c)) for e, c in
                      meta["data_positions"][first_shard:first_shard +
@@ -347,8 +355,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     if plateau and meta.get("plateau"):
       plateau = optim.Plateau(**meta["plateau"])
     best_value = meta.get("best_value")
+    ckpt.set_aside(ckpt.skipped)  # so that this run can write them again
     logging.info("resuming from step %d (data epoch %d, sample %d on device "
                  "0)", resume_step, position[0].epoch, position[0].cursor)
+  # Accepted: from here on the run writes to its workdir.
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  exp.write_data_report()
   step_fn = parallel.make_train_step(
       exp.task, transformed, optimizer, exp.mesh,
       ema_decay=float(config.optim.get("ema_decay", 0.0)),
@@ -405,9 +419,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
         msg = (f"non-finite loss or gradients at step {step} (loss "
                f"{metrics['loss']}); the update was not applied")
         if not tc.get("skip_nonfinite", False):
-          raise NonFiniteError(msg + f"; last good checkpoint kept in "
-                               f"{workdir}. Set train.skip_nonfinite=True "
-                               f"to skip such steps.")
+          kept = (f"last good checkpoint kept in {workdir}"
+                  if ckpt.latest_step() is not None else
+                  f"no checkpoint was written yet in {workdir}")
+          raise NonFiniteError(msg + f"; {kept}. Set "
+                               "train.skip_nonfinite=True to skip such steps.")
         logging.warning(msg)
       window["graphs"] += batch.num_graphs
       window["n"] += 1
@@ -436,7 +452,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
         save()
         logging.warning("preempted at step %d: checkpoint written; rerun the "
                         "same command to resume", step)
-        raise Preempted()
+        raise Preempted(flag.received or signal.SIGTERM)
     if not tc.get("eval_every", 0) or step % int(tc.eval_every):
       val_metrics = run_eval()
     save()
@@ -482,9 +498,14 @@ def restore_train_state(workdir: str, which: str, task: task_base.Task,
                           int(config.train.seed), example, optimizer)
   ckpt = ckpt_lib.Checkpointer(workdir)
   try:
-    return ckpt.restore(parallel.replicate(host, mesh), which)
+    ts, meta, step = ckpt.restore(parallel.replicate(host, mesh), which)
   finally:
     ckpt.close()
+  # Evaluation and prediction refuse NaN parameters (docs/faults.md).
+  where = f"{ckpt.directory(which)}/{step}"
+  ckpt_lib.check_finite(ts.params, where)
+  ckpt_lib.check_finite(ts.ema_params, where)
+  return ts, meta, step
 
 
 def restore_meta(workdir: str, which: str):
@@ -507,6 +528,7 @@ def restore_run(workdir: str, which: str = "best",
   """
   config = read_config(workdir, overrides)
   exp = Experiment(config, workdir, need_train_data=False)
+  checks.check_split(example_split, exp.splits)
   meta, _ = restore_meta(workdir, which)
   exp.task.load_state_dict(meta["task_state"])
   budget = batching.Budget(*meta["budget"])
@@ -514,8 +536,8 @@ def restore_run(workdir: str, which: str = "best",
   if not graphs:
     raise DataError(example_split, f"split {example_split!r} is empty")
   example = batching.pad_graphs(graphs[:1], budget)
-  ts, _, step = restore_train_state(workdir, which, exp.task, config, example,
-                                    exp.mesh)
+  ts, meta, step = restore_train_state(workdir, which, exp.task, config,
+                                       example, exp.mesh)
   return exp, ts, meta, budget, step
 
 

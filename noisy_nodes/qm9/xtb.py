@@ -65,6 +65,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from noisy_nodes.errors import MissingExtraError
 from noisy_nodes.qm9 import reader
 
 BOHR = 0.529177210903             # Å
@@ -98,19 +99,22 @@ _VALENCE = {6: 4, 7: 3, 8: 2, 9: 1}
 _SYMBOL = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F"}
 
 
+_NEEDS = ("generating QM9-like molecules with GFN2-xTB (configs/qm9.py without "
+          "data.path) needs {}: pip install -e \".[generate]\", or set "
+          "--config.data.path to a QM9 folder")
+
+
 def _require():
   """Imports tblite and RDKit or fails with a clear message."""
   try:
     import tblite.interface  # noqa: F401  pylint: disable=g-import-not-at-top
     import tblite.ase  # noqa: F401  pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("the xTB generator needs tblite (pip install tblite): "
-                      f"{e}") from e
+    raise MissingExtraError(_NEEDS.format("tblite")) from e
   try:
     import rdkit  # noqa: F401  pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("the xTB generator needs RDKit (pip install rdkit): "
-                      f"{e}") from e
+    raise MissingExtraError(_NEEDS.format("RDKit")) from e
 
 
 # -- molecule enumeration ----------------------------------------------------
