@@ -194,7 +194,6 @@ class CrystalPropertyTask(Task):
                        f"{self.loss_kind!r}")
     self._cached: Dict[int, tuple] = {}
     self._all: List[Structure] = []
-    self.train_elements: Optional[List[int]] = None  # Z of the training set
 
   # -- data --------------------------------------------------------------------------
   def dataset(self) -> List[Structure]:
@@ -221,8 +220,7 @@ class CrystalPropertyTask(Task):
       # "example" (the smallest structure) shapes the batch that restores
       # the parameters, so one large file cannot break the restore.
       from crystal import io as io_lib  # pylint: disable=g-import-not-at-top
-      structures = validate_all([io_lib.read_structure(p) for p in files],
-                                check=self.featurizer.check)
+      structures = [io_lib.read_structure(p) for p in files]
       smallest = min(structures, key=lambda s: s.num_atoms)
       return {"predict": structures, "example": [smallest]}
     structures = self.dataset()
@@ -250,8 +248,6 @@ class CrystalPropertyTask(Task):
       self.target_mean = np.zeros(t.shape[1])
       self.target_std = np.ones(t.shape[1])
     self._resolve_epochs(len(train))
-    self.train_elements = sorted({int(z) for s in train
-                                  for z in s.atomic_numbers})
     if self.config.data.get("graph_cache", True):
       cache = os.path.join(self.config.data.cache_dir, "graphs")
       graphs = datasets.load_or_build(self._all, self.featurizer, cache)
@@ -276,8 +272,7 @@ class CrystalPropertyTask(Task):
     return {"distance_min": lo, "distance_max": hi,
             "num_targets": self.num_targets,
             "target_mean": [float(x) for x in self.target_mean],
-            "target_std": [float(x) for x in self.target_std],
-            "train_elements": self.train_elements}
+            "target_std": [float(x) for x in self.target_std]}
 
   def load_state_dict(self, state: Mapping[str, Any]) -> None:
     import dataclasses  # pylint: disable=g-import-not-at-top
@@ -287,13 +282,16 @@ class CrystalPropertyTask(Task):
     self.num_targets = int(state["num_targets"])
     self.target_mean = np.asarray(state["target_mean"], np.float64)
     self.target_std = np.asarray(state["target_std"], np.float64)
-    self.train_elements = state.get("train_elements")  # None: older runs
     self._cached = {}
 
   def check_input(self, structure: Structure) -> Structure:
-    """The dataset reader's checks (``crystal.io.check_structure``)."""
+    """The dataset reader's checks (``crystal.io.check_structure``) and the
+    node features' element range."""
     from crystal import io as io_lib  # pylint: disable=g-import-not-at-top
-    return io_lib.check_structure(structure)
+    io_lib.check_structure(structure)
+    self.featurizer.check(structure, structure.info.get("source",
+                                                        structure.id))
+    return structure
 
   def featurize(self, structure: Structure, rng: Optional[np.random.Generator],
                 training: bool) -> jraph.GraphsTuple:
@@ -301,12 +299,6 @@ class CrystalPropertyTask(Task):
     hit = self._cached.get(id(structure))
     if hit is not None and hit[0] is structure:
       return hit[1]
-    unseen = sorted(set(int(z) for z in structure.atomic_numbers)
-                    - set(self.train_elements or ()))
-    if self.train_elements and unseen:
-      logging.warning("%s: element(s) Z=%s never seen in training: the "
-                      "prediction is an extrapolation",
-                      structure.info.get("source", structure.id), unseen)
     return self.featurizer(structure)
 
   # -- model and loss ------------------------------------------------------------------

@@ -420,22 +420,6 @@ def test_evaluation_predicts_graphs_larger_than_the_budget(restored):
   assert len(next(iter(preds.values()))) == len(exp.splits["val"])
 
 
-def test_unseen_element_warns_at_prediction(caplog):
-  from crystal import tasks  # pylint: disable=g-import-not-at-top
-  task = tasks.CrystalPropertyTask(_crystal_config("", False))
-  task.load_state_dict({"distance_min": 0.0, "distance_max": 8.0,
-                        "num_targets": 1, "target_mean": [0.0],
-                        "target_std": [1.0], "train_elements": [78]})
-  s = Structure(id="au", atomic_numbers=[79, 78],
-                positions=[[0, 0, 0], [2.5, 0, 0]],
-                info={"source": "/x/au.cif"})
-  caplog.set_level("WARNING")
-  task.featurize(s, None, False)
-  msgs = [r.getMessage() for r in caplog.records]
-  assert any(m.startswith("/x/au.cif: element(s) Z=[79] never seen in "
-                          "training") for m in msgs), msgs
-
-
 # -- the CLI: one line, exit 2; Ctrl-C checkpoints (cases 10, 13) --------------------
 def _env():
   e = dict(os.environ)

@@ -43,6 +43,7 @@ import numpy as np
 from noisy_nodes import batching
 from noisy_nodes import nn as nn_lib
 from noisy_nodes.api import inputs as inputs_lib
+from noisy_nodes.engine import checks
 from noisy_nodes.engine import parallel
 from noisy_nodes.engine import trainer
 from noisy_nodes.structures import DataError, Structure
@@ -164,9 +165,7 @@ class Predictor:
     if data_task.skipped:
       logging.warning("%d invalid inputs were skipped (data.skip_invalid)",
                       len(data_task.skipped))
-    if split not in splits:
-      raise DataError(split, f"no split {split!r} in the run's data (it has "
-                      f"{', '.join(sorted(splits))})")
+    checks.check_split(split, splits)  # "--split=bogus: unknown split..."
     if not splits[split]:
       raise DataError(split, f"split {split!r} is empty")
     return splits[split]
