@@ -2,13 +2,17 @@
 targets, decoder heads, pre-training losses and distillation.
 
 Modules (see /work/shared/papers/crysgnn.md, SPEC.md "CrysGNN reference"):
-  symmetry  spglib space group (1..230) and crystal system (0..6) labels.
+  encoder   the reference's encoder and student: Xie & Grossman's original
+            CGCNN (``OriginalCGCNN``, model name ``original_cgcnn``).
+  symmetry  spglib space group (1..230) and crystal system (0..6) labels
+            with pymatgen's SpacegroupAnalyzer tolerances.
   corpus    the untagged pre-training corpus (CLI: python -m
             crystal.crysgnn.corpus --out=FILE --n=N --seed=S --workers=2).
   targets   12-NN periodic connectivity targets + per-sample label arrays.
   heads     ``CrysGNNHeads`` / ``CrysGNNPretrainModel`` decoders.
   losses    ``crysgnn_pretrain_loss`` (eq. 2) and its components.
   distill   frozen-teacher knowledge distillation (eqs. 3–4).
+  alloys    bulk alloy crystals with EMT formation energies (experiment data).
 
 Submodules are imported on demand (``from crystal.crysgnn import losses``) so
 that the corpus CLI does not import JAX.
