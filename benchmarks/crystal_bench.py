@@ -3,7 +3,21 @@
 Usage:
   python benchmarks/crystal_bench.py [--depths 5 20 30] [--n 1000]
       [--batch 100] [--epochs 3] [--repeats 3] [--remat on|off] [--devices D]
-      [--kernels on|off]
+      [--kernels on|off] [--precision auto|fp32|bf16|tf32] [--profile DIR]
+      [--flops on|off]
+  python benchmarks/crystal_bench.py --quick    # seconds: every field printed
+
+Runs on whatever backend JAX has. On GPU/TPU the batch stays on one device
+(``--devices`` is for CPU), the kernels and XLA:CPU settings are off (the
+engine skips them) and ``--precision auto`` is bf16 (fp32 on CPU). Besides
+graphs/s and memory it prints the backend, device kind, precision, the
+training step time, its FLOP/s (``cost_analysis`` of the step with the layer
+stack unrolled: XLA counts a loop body once) as a fraction of a 2048 x 2048
+matmul's rate at the same precision measured in the same process, and the
+device's peak memory (``memory_stats()``; the process's peak RSS on CPU).
+``--profile DIR`` writes a ``jax.profiler`` trace of one training epoch
+(the first depth). On CPU with the fused AGAT kernels, XLA's count leaves
+out the custom calls' FLOPs (the fraction is then a lower bound).
 
 Data: ``n`` EMT Pt10 clusters (``crystal.generators.pt10_clusters``) with the
 reference graph (8 Å, 12 nearest neighbours, minimum image, self loops):
@@ -88,6 +102,10 @@ def child(args) -> dict:
   from noisy_nodes.structures import load_structures  # pylint: disable=g-import-not-at-top
   from crystal import tasks  # pylint: disable=g-import-not-at-top
   from crystal.models import agat_cpu, count_params  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.engine import precision  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import device_report  # pylint: disable=g-import-not-at-top
+  policy = precision.resolve(args.precision)
 
   config = _config(args.depth, os.path.dirname(args.data), args.remat == "on")
   structures = load_structures(args.data)
@@ -107,7 +125,7 @@ def child(args) -> dict:
   mesh = parallel.make_mesh(local_only=True)
   batches = [parallel.shard_batch(b, mesh) for b in batches]
 
-  transformed = hk.transform_with_state(task.model)
+  transformed = hk.transform_with_state(policy.wrap(task.model))
   example = jax.tree_util.tree_map(lambda x: x[0], batches[0])
   params, state = jax.jit(lambda b: transformed.init(
       jax.random.PRNGKey(0), b, True))(example)
@@ -120,8 +138,9 @@ def child(args) -> dict:
       ema_params=jax.device_get(params),
       rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(1))))
   ts = parallel.replicate(host, mesh)
-  train_step = parallel.make_train_step(task, transformed, optimizer, mesh)
-  eval_step = parallel.make_eval_step(task, transformed, mesh)
+  train_step = parallel.make_train_step(task, transformed, optimizer, mesh,
+                                        policy=policy)
+  eval_step = parallel.make_eval_step(task, transformed, mesh, policy)
   eval_params = parallel.replicate(host.params, mesh)
   eval_state = parallel.replicate(host.state, mesh)
 
@@ -137,6 +156,19 @@ def child(args) -> dict:
       for b in batches:
         jax.block_until_ready(eval_step(eval_params, eval_state, b))
 
+  flops = 0.0
+  if args.flops == "on":  # a separate compilation with the stack unrolled
+    orig = hk.layer_stack
+    hk.layer_stack = lambda n, **kw: orig(n, **dict(kw, unroll=n))
+    try:
+      unrolled = parallel.make_train_step(task, transformed, optimizer, mesh,
+                                          policy=policy)
+      ca = unrolled.lower(ts, batches[0]).compile().cost_analysis()
+      ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+      flops = float(ca["flops"]) * ndev  # the SPMD program is per device
+    finally:
+      hk.layer_stack = orig
+      runtime.release_free_memory()
   t0 = time.perf_counter()
   # As the trainer: compile, hand the compiler's scratch back, then run.
   parallel.compile_ahead(train_step, ts, batches[0])
@@ -149,6 +181,8 @@ def child(args) -> dict:
   compile_s = time.perf_counter() - t0
   per = len(graphs) * args.epochs
   train_rates, infer_rates = [], []
+  with device_report.profile(args.profile):
+    ts = train_epochs(ts, 1 if args.profile else 0)
   for _ in range(args.repeats):   # interleave train and inference runs
     t = time.perf_counter()
     ts = train_epochs(ts, args.epochs)
@@ -156,8 +190,17 @@ def child(args) -> dict:
     t = time.perf_counter()
     infer_epochs(args.epochs)
     infer_rates.append(per / (time.perf_counter() - t))
+  matmul = device_report.matmul_flops_per_s(policy, repeats=5)
+  step_s = args.batch / float(np.median(train_rates))
+  device_peak, what = device_report.peak_memory()
   return {
       "depth": args.depth, "params": count_params(host.params),
+      "describe": device_report.describe(policy), "precision": policy.name,
+      "step_ms": 1e3 * step_s, "step_flops": flops,
+      "flops_fraction": flops / step_s / matmul if flops else 0.0,
+      "matmul_gflops": matmul / 1e9,
+      "device_peak_mb": device_peak / 2**20 if what.startswith("device")
+                        else 0.0,
       "nodes_per_batch": int(sum(int(g.n_node[0]) for g in graphs[:args.batch])),
       "edges_per_batch": int(sum(int(g.n_edge[0]) for g in graphs[:args.batch])),
       "train_best": max(train_rates), "train_median": float(np.median(train_rates)),
@@ -167,6 +210,13 @@ def child(args) -> dict:
       "warmup_s": compile_s, "platform": str(jax.devices()[0].platform),
       "devices": ndev, "kernels": agat_cpu.available(),
   }
+
+
+def _accelerator() -> bool:
+  """Whether JAX will run on a GPU/TPU (decided without starting it)."""
+  sys.path.insert(0, ROOT)
+  from noisy_nodes.engine import runtime  # pylint: disable=g-import-not-at-top
+  return runtime.expected_platform() != "cpu"
 
 
 def main():
@@ -190,11 +240,29 @@ def main():
   p.add_argument("--kernels", choices=("on", "off"), default="on",
                  help="train with the fused AGAT CPU kernels where they build "
                       "(default) or on the XLA path (NN_AGAT_KERNEL=0)")
+  p.add_argument("--precision", default="auto",
+                 choices=("auto", "fp32", "bf16", "tf32"),
+                 help="train.precision (engine/precision.py; auto: bf16 on "
+                      "TPU and bf16-capable GPUs, fp32 on CPU)")
+  p.add_argument("--profile", default="",
+                 help="write a jax.profiler trace of one training epoch of "
+                      "the first depth here")
+  p.add_argument("--flops", choices=("on", "off"), default="on",
+                 help="count the step's FLOPs (one more compilation, with "
+                      "the layer stack unrolled)")
+  p.add_argument("--quick", action="store_true",
+                 help="seconds-long check of every field: 100 clusters, "
+                      "depth 2, batch 50, one epoch, one repeat")
   p.add_argument("--json", default="", help="also write the results here")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--depth", type=int, default=20, help=argparse.SUPPRESS)
   p.add_argument("--data", default="", help=argparse.SUPPRESS)
   args = p.parse_args()
+  if args.quick:
+    args.depths, args.n, args.batch = [2], 100, 50
+    args.epochs, args.repeats = 1, 1
+  if args.devices == 0 and not args.child:
+    args.devices = 1 if _accelerator() else 0
   if args.devices == 0:
     cores = os.cpu_count() or 1
     args.devices = cores if args.batch % cores == 0 else 1
@@ -224,7 +292,9 @@ def main():
       cmd = [sys.executable, os.path.abspath(__file__), "--child",
              f"--depth={depth}", f"--data={data}", f"--batch={args.batch}",
              f"--epochs={args.epochs}", f"--repeats={args.repeats}",
-             f"--remat={args.remat}"]
+             f"--remat={args.remat}", f"--precision={args.precision}",
+             f"--flops={args.flops}",
+             f"--profile={args.profile if depth == args.depths[0] else ''}"]
       res = subprocess.run(cmd, env=env, capture_output=True, text=True)
       line = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
       if res.returncode or not line:
@@ -233,7 +303,8 @@ def main():
       print(f"depth {depth}: done ({rows[-1]['warmup_s']:.1f} s warm-up)",
             flush=True)
   r0 = rows[0]
-  print(f"\n{args.n} Pt10 clusters, batch {args.batch} "
+  print(f"\n{r0['describe']}")
+  print(f"{args.n} Pt10 clusters, batch {args.batch} "
         f"({r0['nodes_per_batch']} nodes, {r0['edges_per_batch']} edges), "
         f"remat {args.remat}, {r0['devices']} {r0['platform']} device(s), "
         f"AGAT CPU kernels {'on' if r0['kernels'] else 'off'}, "
@@ -251,6 +322,16 @@ def main():
           f"{r['train_best']:7.1f} ({r['train_median']:6.1f}) "
           f"{r['infer_best']:7.1f} ({r['infer_median']:6.1f}) "
           f"{r['peak_mb']:8.0f} {r['rss_mb']:7.0f} {ratios}")
+  print(f"{'layers':>6} {'step ms':>8} {'GFLOP':>7} {'TFLOP/s':>8} "
+        f"{r0['precision'] + ' mm TFLOP/s':>16} {'fraction':>8} "
+        f"{'device peak MB':>14}")
+  for r in rows:
+    tflops = r["step_flops"] / (r["step_ms"] / 1e3) / 1e12
+    print(f"{r['depth']:6d} {r['step_ms']:8.1f} {r['step_flops'] / 1e9:7.1f} "
+          f"{tflops:8.3f} {r['matmul_gflops'] / 1e3:16.3f} "
+          f"{r['flops_fraction']:8.2f} "
+          + (f"{r['device_peak_mb']:14.0f}" if r["device_peak_mb"]
+             else f"{'n/a (CPU)':>14}"))
   print("(best of repeats; median in parentheses; peak = the process's "
         "peak resident memory, now = resident after the timed runs; x = "
         "ratio to the PyTorch reference, memory as reference / peak)")
