@@ -15,6 +15,8 @@ CLI's main function and ``parse_flags`` around absl's flag parsing (a bad
   MissingExtraError          2    error: what needs it: pip install -e ".[x]"
   OSError, disk full         2    error: disk full writing FILE ...
   NonFiniteError             3    error: non-finite loss or gradients ...
+  KeyboardInterrupt        130    error: interrupted (Ctrl-C) ... (in the
+                                  training loop Ctrl-C checkpoints first)
 """
 from __future__ import annotations
 
@@ -111,6 +113,12 @@ def run_cli(main: Callable[[], Optional[int]]) -> Optional[int]:
   """Runs ``main()``; a user fault -> its one line on stderr and sys.exit."""
   try:
     return main()
+  except KeyboardInterrupt:
+    # Ctrl-C outside the training loop (reading data, compiling), or a
+    # second one: nothing half-written is left (orbax writes atomically).
+    print("error: interrupted (Ctrl-C); complete checkpoints are kept",
+          file=sys.stderr)
+    sys.exit(130)
   except Exception as e:  # pylint: disable=broad-except
     known = describe(e)
     if known is None:

@@ -291,6 +291,30 @@ def test_disk_full_is_one_line(finished, restored, tmp_path, monkeypatch):
   assert errors.describe(ValueError("a bug")) is None  # a traceback
 
 
+def _raise(exc):
+  raise exc
+
+
+@pytest.mark.parametrize("exc,status,line", [
+    (DataError("a.cif", "malformed CIF"), 2, "error: bad input: a.cif: "
+     "malformed CIF"),
+    (errors.ConfigError("--split=x", "unknown split"), 2,
+     "error: --split=x: unknown split"),
+    (errors.NonFiniteError("non-finite loss\nat step 3"), 3,
+     "error: non-finite loss at step 3"),
+    (KeyboardInterrupt(), 130, "error: interrupted (Ctrl-C); complete "
+     "checkpoints are kept"),
+])
+def test_run_cli_maps_faults_to_one_line_and_status(exc, status, line,
+                                                    capsys):
+  with pytest.raises(SystemExit) as e:
+    errors.run_cli(lambda: _raise(exc))
+  assert e.value.code == status
+  assert capsys.readouterr().err.splitlines() == [line]
+  with pytest.raises(ZeroDivisionError):  # a bug of ours: its traceback
+    errors.run_cli(lambda: 1 / 0)
+
+
 # -- rejected reruns leave the workdir alone (case 3) --------------------------------
 @pytest.mark.parametrize("change,error", [
     ({"data.path": "/nonexistent/data.npz"}, DataError),
