@@ -205,17 +205,30 @@ def test_validate_all_names_the_source_file_and_skips():
       "/data/x.traj: unknown element with atomic number 200")
 
 
-def test_oc20_validation_without_energies_is_an_error():
-  """Case 8: not a silently empty set of validation metrics."""
+def test_oc20_validation_without_energies_is_an_error(tmp_path):
+  """Case 8: a validation file without energies is not a silently empty
+  set of validation metrics (and best checkpoints)."""
+  import ase.build  # pylint: disable=g-import-not-at-top
+  import ase.db  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.join(REPO, "configs"))
   import oc20  # pylint: disable=g-import-not-at-top
   from noisy_nodes.tasks import oc20 as oc20_task  # pylint: disable=g-import-not-at-top
-  task = oc20_task.OC20Task(oc20.get_config("demo"))
-  s = Structure(id="v0", atomic_numbers=[78], positions=[[0, 0, 0]],
-                info={"source": "val/v0.traj"})
-  with pytest.raises(DataError, match="val/v0.traj: validation structure has "
-                     "no 'energy_relaxed' target"):
-    validate_all([s], check=task._check_target)  # pylint: disable=protected-access
+  for split, labelled in (("train", True), ("val", False)):
+    with ase.db.connect(str(tmp_path / f"{split}.db")) as db:
+      for i in range(3):
+        slab = ase.build.fcc111("Pt", (2, 2, 2), vacuum=6.0)
+        slab.rattle(0.05, seed=i)
+        db.write(slab, **({"y_relaxed": -0.5 * i} if labelled else {}))
+  c = oc20.get_config("demo")
+  c.data.path = str(tmp_path)
+  with pytest.raises(DataError, match=f"^{tmp_path}/val.db: validation "
+                     "structure has no 'energy_relaxed' target"):
+    oc20_task.OC20Task(c).load_splits()
+  c.data.skip_invalid = True
+  task = oc20_task.OC20Task(c)
+  splits = task.load_splits()
+  assert (len(splits["train"]), len(splits["val"])) == (3, 0)
+  assert len(task.skipped) == 3
 
 
 def test_qm9_generator_without_its_extra_says_which(monkeypatch):
