@@ -8,10 +8,10 @@ rebuilds the task from them without the training data, so new structures
 are featurised exactly as the validation set was during training (same
 featuriser, cutoff, neighbour limit, units, normalisation), packed into the
 run's budget (a structure larger than it gets a larger budget, and one more
-compilation) and spread over this process's devices. Parameters are the EMA
-ones when the run kept an EMA (as evaluation during training), restored
-through ``engine.checkpoint`` on the first call (the first batch gives the
-restore target its shapes).
+compilation) and spread over this process's devices, in the run's
+``train.precision``. Parameters are the EMA ones when the run kept an EMA
+(as evaluation during training), restored through ``engine.checkpoint`` on
+the first call (the first batch gives the restore target its shapes).
 
 Outputs are numpy, in the units of the training targets:
 
@@ -35,7 +35,6 @@ import time
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +44,7 @@ from noisy_nodes import nn as nn_lib
 from noisy_nodes.api import inputs as inputs_lib
 from noisy_nodes.engine import checks
 from noisy_nodes.engine import parallel
+from noisy_nodes.engine import precision
 from noisy_nodes.engine import trainer
 from noisy_nodes.structures import DataError, Structure
 from noisy_nodes.tasks import base as task_base
@@ -112,7 +112,9 @@ class Predictor:
     zs = self.meta.get("train_elements")
     #: Atomic numbers of the training split (None: an older checkpoint).
     self.train_elements = None if zs is None else frozenset(map(int, zs))
-    self._transformed = hk.transform_with_state(self.task.model)
+    # The run's train.precision, as evaluation during training used it.
+    self._policy = precision.from_config(self.config)
+    self._transformed = trainer.transformed_model(self.task, self._policy)
     self._local_mesh = parallel.make_mesh(local_only=True)
     self._devices = jax.local_device_count()
     self._params = self._state = None
@@ -223,8 +225,8 @@ class Predictor:
     smallest = min(graphs, key=lambda g: int(g.n_node[0]))
     example = batching.pad_graphs([smallest], budget)
     ts, _, _ = trainer.restore_train_state(
-        self.workdir, self.checkpoint, self.task, self.config, example,
-        parallel.make_mesh())
+        self.workdir, self.checkpoint, self.task, self._transformed,
+        self.config, example, parallel.make_mesh())
     ema = float(self.config.optim.get("ema_decay", 0) or 0)
     self._params = parallel.to_host(ts.ema_params if ema else ts.params)
     self._state = parallel.to_host(ts.state)
@@ -236,8 +238,8 @@ class Predictor:
       self._restore(graphs, budget)
     if head not in self._steps:
       task = self.task if head == "predict" else _EmbeddingHead()
-      self._steps[head] = parallel.make_eval_step(task, self._transformed,
-                                                  self._local_mesh)
+      self._steps[head] = parallel.make_eval_step(
+          task, self._transformed, self._local_mesh, self._policy)
     first = head not in self._compiled
     self._compiled.add(head)
     return trainer.predict_graphs(self._steps[head], self._params,

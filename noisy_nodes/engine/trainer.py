@@ -164,7 +164,7 @@ class Experiment:
 
   # -- model ---------------------------------------------------------------------
   def transformed(self) -> hk.TransformedWithState:
-    return hk.transform_with_state(self.policy.wrap(self.task.model))
+    return transformed_model(self.task, self.policy)
 
   def init_state(self, example: jraph.GraphsTuple, optimizer) -> parallel.TrainState:
     return init_train_state(self.task, self.transformed(),
@@ -204,6 +204,13 @@ class Experiment:
     metrics = self.task.metrics(self.splits[split], preds)
     metrics["eval_seconds"] = time.time() - t0
     return metrics
+
+
+def transformed_model(task: task_base.Task, policy: precision.Policy
+                      ) -> hk.TransformedWithState:
+  """The task's model in ``policy``'s precision (training, evaluation and
+  ``noisy_nodes.load`` all run this one)."""
+  return hk.transform_with_state(policy.wrap(task.model))
 
 
 def init_train_state(task: task_base.Task, transformed: hk.TransformedWithState,
@@ -486,6 +493,7 @@ def read_config(workdir: str, overrides: Optional[Dict[str, Any]] = None
 
 
 def restore_train_state(workdir: str, which: str, task: task_base.Task,
+                        transformed: hk.TransformedWithState,
                         config: ml_collections.ConfigDict,
                         example: jraph.GraphsTuple, mesh):
   """(TrainState, meta, step) of a checkpoint, replicated over ``mesh``.
@@ -494,8 +502,8 @@ def restore_train_state(workdir: str, which: str, task: task_base.Task,
   target the checkpoint is restored against.
   """
   optimizer = optim.make_optimizer(config.optim)
-  host = init_train_state(task, hk.transform_with_state(task.model),
-                          int(config.train.seed), example, optimizer)
+  host = init_train_state(task, transformed, int(config.train.seed), example,
+                          optimizer)
   ckpt = ckpt_lib.Checkpointer(workdir)
   try:
     ts, meta, step = ckpt.restore(parallel.replicate(host, mesh), which)
@@ -536,8 +544,9 @@ def restore_run(workdir: str, which: str = "best",
   if not graphs:
     raise DataError(example_split, f"split {example_split!r} is empty")
   example = batching.pad_graphs(graphs[:1], budget)
-  ts, meta, step = restore_train_state(workdir, which, exp.task, config,
-                                       example, exp.mesh)
+  ts, meta, step = restore_train_state(workdir, which, exp.task,
+                                       exp.transformed(), config, example,
+                                       exp.mesh)
   return exp, ts, meta, budget, step
 
 
