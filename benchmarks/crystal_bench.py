@@ -247,9 +247,11 @@ def main():
   p.add_argument("--profile", default="",
                  help="write a jax.profiler trace of one training epoch of "
                       "the first depth here")
-  p.add_argument("--flops", choices=("on", "off"), default="on",
+  p.add_argument("--flops", choices=("auto", "on", "off"), default="auto",
                  help="count the step's FLOPs (one more compilation, with "
-                      "the layer stack unrolled)")
+                      "the layer stack unrolled; auto: on GPU/TPU and with "
+                      "--quick, off for the CPU runs, whose kernels XLA "
+                      "cannot count)")
   p.add_argument("--quick", action="store_true",
                  help="seconds-long check of every field: 100 clusters, "
                       "depth 2, batch 50, one epoch, one repeat")
@@ -261,8 +263,11 @@ def main():
   if args.quick:
     args.depths, args.n, args.batch = [2], 100, 50
     args.epochs, args.repeats = 1, 1
-  if args.devices == 0 and not args.child:
-    args.devices = 1 if _accelerator() else 0
+  if not args.child:
+    if args.flops == "auto":
+      args.flops = "on" if args.quick or _accelerator() else "off"
+    if args.devices == 0:
+      args.devices = 1 if _accelerator() else 0
   if args.devices == 0:
     cores = os.cpu_count() or 1
     args.devices = cores if args.batch % cores == 0 else 1
@@ -327,9 +332,11 @@ def main():
         f"{'device peak MB':>14}")
   for r in rows:
     tflops = r["step_flops"] / (r["step_ms"] / 1e3) / 1e12
-    print(f"{r['depth']:6d} {r['step_ms']:8.1f} {r['step_flops'] / 1e9:7.1f} "
-          f"{tflops:8.3f} {r['matmul_gflops'] / 1e3:16.3f} "
-          f"{r['flops_fraction']:8.2f} "
+    counted = (f"{r['step_flops'] / 1e9:7.1f} {tflops:8.3f}" if tflops else
+               f"{'n/a':>7} {'n/a':>8}")  # --flops off
+    print(f"{r['depth']:6d} {r['step_ms']:8.1f} {counted} "
+          f"{r['matmul_gflops'] / 1e3:16.3f} "
+          f"{r['flops_fraction'] if tflops else float('nan'):8.2f} "
           + (f"{r['device_peak_mb']:14.0f}" if r["device_peak_mb"]
              else f"{'n/a (CPU)':>14}"))
   print("(best of repeats; median in parentheses; peak = the process's "
