@@ -36,8 +36,9 @@ Deviations of the default, each with the switch that restores the reference:
 Variants: "library" (this project's earlier choices: the MatDeepLearn-style
 CGConv encoder ``crystal.models.cgcnn`` with BN in the gate, residual-stream
 BN and a softplus input layer with bias; Adam 1e-3 with clipping at 10;
-node-capped batches of up to 64; 50K steps), "demo" (a 600-crystal corpus, a
-few minutes on 2 CPU cores), "tiny" (tests). ``--config.data.path`` takes a
+node-capped batches of up to 64; 50K steps), "demo" (a 600-crystal corpus,
+batches of 32, Adam 3e-3, 400 steps: a few minutes on 2 CPU cores), "tiny"
+(tests; Adam 1e-3). ``--config.data.path`` takes a
 corpus manifest or structure files/folders (comma-separated); the run's
 checkpoints are the teacher of configs/crysgnn_distill.py.
 """
