@@ -45,6 +45,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       noise_fixed_atoms=True,
       limit=0,              # read at most this many structures per split
       skip_invalid=False,   # skip (and list) bad inputs instead of exit 2
+      whole=False,          # one split 'all' of everything (evaluate --split=all)
   )
   c.model = dict(
       latent_size=512, mlp_layers=3, num_message_passing_steps=50,
@@ -62,6 +63,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                  num_steps=5_500_000, log_every=1000, eval_every=50_000,
                  checkpoint_every=10_000, seed=0, max_to_keep=3,
                  skip_nonfinite=True,
+                 # Best checkpoint: 'average' over the validation splits
+                 # (fairchem's val_id/ood_ads/ood_cat/ood_both) or one name.
+                 select_split="average", select_metric="",  # "": task's
                  # 2 MiB pages for XLA:CPU buffers (engine/runtime.py): the
                  # width-512 step is ~15% faster on CPU.
                  hugepages=True)

@@ -2,6 +2,8 @@ r"""Evaluate a saved run without training; prints one JSON line of metrics.
 
   python -m noisy_nodes.evaluate --workdir=runs/oc20 --split=val \
       --checkpoint=best [--cpu_devices=2]
+  python -m noisy_nodes.evaluate --workdir=runs/oc20 --split=all \
+      --data_path=/data/oc20/is2re/all/val_id/data.lmdb   # all of one file
 
 A wrapper over ``noisy_nodes.load(workdir, checkpoint).evaluate(split)``.
 """
@@ -17,7 +19,11 @@ from noisy_nodes.engine import logger
 from noisy_nodes.engine import parallel
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-_SPLIT = flags.DEFINE_string("split", "val", "Split: val, test or train.")
+_SPLIT = flags.DEFINE_string(
+    "split", "val", "Split: val (the average over fairchem's val_* splits "
+    "when the data has them, each under per_split), a split's own name "
+    "(val_id, test, train...), or all: every structure under --data_path "
+    "(or data.path), never re-split.")
 _CKPT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                           "Which checkpoint to evaluate.")
 _DATA = flags.DEFINE_string("data_path", None,

@@ -228,3 +228,70 @@ def test_cli_tiny_generates_trains_and_evaluates(tmp_path):
   metrics = json.loads(ev.stdout.strip().splitlines()[-1])
   assert metrics["energy_mae"] == pytest.approx(val[-1]["energy_mae"],
                                                 rel=1e-6)
+
+
+def _fields(s, sid):
+  """A Structure as OC20 Data fields (what fairchem's data.lmdb holds)."""
+  return {"sid": sid,
+          "atomic_numbers": s.atomic_numbers.astype(float),
+          "pos": s.positions, "pos_relaxed": s.node_arrays["positions_relaxed"],
+          "cell": s.cell[None], "natoms": s.num_atoms,
+          "tags": s.node_arrays["tags"], "fixed": s.node_arrays["fixed"],
+          "y_init": s.targets["energy_initial"],
+          "y_relaxed": s.targets["energy_relaxed"]}
+
+
+FAIRCHEM_VAL = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
+
+
+@pytest.fixture(scope="module")
+def fairchem_folder(emt_folder, tmp_path_factory):
+  """fairchem's IS2RE layout: train/ and four val_*/ folders of data.lmdb."""
+  from noisy_nodes.oc20 import legacy_lmdb, readers
+  out = str(tmp_path_factory.mktemp("fairchem"))
+  train = readers.read_aselmdb(os.path.join(emt_folder, "train.aselmdb"))
+  held = (readers.read_aselmdb(os.path.join(emt_folder, "val.aselmdb")) +
+          readers.read_aselmdb(os.path.join(emt_folder, "test.aselmdb")))
+  parts = {"train": train, "val_id": held[:1], "val_ood_ads": held[1:2],
+           "val_ood_cat": held[2:3], "val_ood_both": held[2:4]}
+  for k, (name, items) in enumerate(parts.items()):
+    os.makedirs(os.path.join(out, name))
+    legacy_lmdb.write_legacy_lmdb_for_tests(
+        os.path.join(out, name, "data.lmdb"),
+        [_fields(s, 100 * k + i) for i, s in enumerate(items)])
+  return out
+
+
+def test_fairchem_layout_evaluates_each_split_and_average(fairchem_folder,
+                                                          tmp_path):
+  splits = OC20Task(_config(fairchem_folder)).load_splits()
+  assert {k: len(v) for k, v in splits.items()} == {
+      "train": 6, "val_id": 1, "val_ood_ads": 1, "val_ood_cat": 1,
+      "val_ood_both": 2}
+  c = _config(fairchem_folder, "tiny,is2rs")
+  c.train.update(num_steps=4, eval_every=2, log_every=2)
+  workdir = str(tmp_path / "run")
+  final = trainer.train(c, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f if '"train"' not in l]
+  # Per evaluation: one row per validation split, then their average.
+  assert [r["split"] for r in rows] == 2 * (sorted(FAIRCHEM_VAL) + ["val"])
+  last = {r["split"]: r for r in rows[-5:]}
+  for key in ("adwt", "positions_mae", "energy_mae"):
+    want = np.mean([last[n][key] for n in FAIRCHEM_VAL])
+    assert last["val"][key] == pytest.approx(want, rel=1e-9)
+    assert final[key] == pytest.approx(want, rel=1e-9)
+  assert last["val"]["num_structures"] == 5
+  # Best checkpoint: selected on the average ADwT (IS2RS default).
+  best = max(rows[4::5], key=lambda r: r["adwt"])
+  got = trainer.evaluate(workdir, "val", "best")
+  assert got["step"] == best["step"]
+  assert got["adwt"] == pytest.approx(best["adwt"], rel=1e-6)
+  assert sorted(got["per_split"]) == sorted(FAIRCHEM_VAL)
+  # --split=all on one LMDB scores all of it (no 80/10/10 re-split).
+  one = os.path.join(fairchem_folder, "train", "data.lmdb")
+  whole = trainer.evaluate(workdir, "all", "latest", {"data.path": one})
+  assert whole["num_structures"] == 6 and whole["split"] == "all"
+  with pytest.raises(ValueError, match="select_split"):
+    c.train.select_split = "val_nope"
+    trainer.train(c, str(tmp_path / "bad"))

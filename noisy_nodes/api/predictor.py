@@ -158,15 +158,7 @@ class Predictor:
 
     ``data_path`` (or ``overrides``) point the run's reader at other data.
     """
-    ov = dict(self._overrides, **(overrides or {}))
-    if data_path:
-      ov["data.path"] = data_path
-    config = trainer.read_config(self.workdir, ov)
-    data_task = task_base.resolve_task(config.task)(config)
-    splits = data_task.load_splits()
-    if data_task.skipped:
-      logging.warning("%d invalid inputs were skipped (data.skip_invalid)",
-                      len(data_task.skipped))
+    splits = self._splits(split, data_path, overrides)
     checks.check_split(split, splits)  # "--split=bogus: unknown split..."
     if not splits[split]:
       raise DataError(split, f"split {split!r} is empty")
@@ -175,14 +167,49 @@ class Predictor:
   def evaluate(self, split: str = "val", data_path: Optional[str] = None,
                overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The task's metrics on a split of the run's data (``dataset``), as
-    evaluation during training computes them, plus step/split/checkpoint."""
-    structures = self.dataset(split, data_path, overrides)
+    evaluation during training computes them, plus step/split/checkpoint.
+
+    ``'val'`` on data with several validation splits (fairchem's ``val_id``,
+    ``val_ood_*``) is their unweighted average, each split's metrics under
+    ``'per_split'``; ``'all'`` is every structure under the data path.
+    """
+    splits = self._splits(split, data_path, overrides)
+    names = sorted(k for k in splits if k.startswith("val_"))
+    if not (split == "val" and "val" not in splits and names):
+      checks.check_split(split, splits)  # "--split=bogus: unknown split..."
+      names = [split]
+    empty = [n for n in names if not splits[n]]
+    if empty:
+      raise DataError(split, f"split(s) {empty} are empty")
+    per_split = {n: self._metrics(splits[n]) for n in names}
+    metrics = per_split[split] if len(names) == 1 and split in per_split else (
+        dict(trainer.average_metrics(per_split), per_split=per_split))
+    metrics.update(step=self.step, split=split, checkpoint=self.checkpoint)
+    return metrics
+
+  def _metrics(self, structures: Sequence[Structure]) -> Dict[str, Any]:
     t0 = time.time()
     preds = self._run("predict", structures)
     metrics = self.task.metrics(structures, preds)
     metrics["eval_seconds"] = time.time() - t0
-    metrics.update(step=self.step, split=split, checkpoint=self.checkpoint)
+    metrics["num_structures"] = len(structures)
     return metrics
+
+  def _splits(self, split: str, data_path: Optional[str],
+              overrides: Optional[Dict[str, Any]]
+              ) -> Dict[str, List[Structure]]:
+    ov = dict(self._overrides, **(overrides or {}))
+    if data_path:
+      ov["data.path"] = data_path
+    if split == "all":  # the whole file or folder, never re-split
+      ov["data.whole"] = True
+    config = trainer.read_config(self.workdir, ov)
+    data_task = task_base.resolve_task(config.task)(config)
+    splits = data_task.load_splits()
+    if data_task.skipped:
+      logging.warning("%d invalid inputs were skipped (data.skip_invalid)",
+                      len(data_task.skipped))
+    return splits
 
   def as_ase_calculator(self, energy_key: Optional[str] = None):
     """An ``ase.calculators.calculator.Calculator`` over ``predict``

@@ -203,7 +203,27 @@ class Experiment:
       return {}
     metrics = self.task.metrics(self.splits[split], preds)
     metrics["eval_seconds"] = time.time() - t0
+    metrics["num_structures"] = len(self.splits[split])
     return metrics
+
+  def validation_splits(self) -> List[str]:
+    """Names of the validation splits: ``val``, or fairchem's ``val_*``."""
+    return sorted(k for k in self.splits
+                  if (k == "val" or k.startswith("val_")) and self.splits[k])
+
+  def evaluate_splits(self, params, state, names: Sequence[str],
+                      budget: batching.Budget) -> Dict[str, Dict[str, Any]]:
+    """{split: metrics} for each of ``names``, plus ``'val'``: their average.
+
+    With several validation splits (OC20's val_id, val_ood_ads, val_ood_cat,
+    val_ood_both) the paper's tables report each and their unweighted mean;
+    the mean is what ``'val'`` holds (one split: that split's metrics).
+    """
+    out = {n: self.evaluate(params, state, n, budget) for n in names}
+    out = {n: m for n, m in out.items() if m}
+    if len(out) > 1 or (out and "val" not in out):
+      out["val"] = average_metrics(out)
+    return out
 
 
 def transformed_model(task: task_base.Task, policy: precision.Policy
@@ -387,16 +407,30 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                  budget, step)
     ckpt.save(step, ts, meta, which)
 
+  val_names = exp.validation_splits()
+  # train.select_split: 'average' (default: the mean over the validation
+  # splits, as the paper's tables) or one split's name, e.g. 'val_id'.
+  select_split = str(tc.get("select_split", "average") or "average")
+  select_split = "val" if select_split == "average" else select_split
+  if val_names and select_split not in val_names + ["val"]:
+    raise ValueError(f"train.select_split={select_split!r}: the validation "
+                     f"splits are {val_names} (or 'average')")
+  sign = -1.0 if exp.task.selection_higher_is_better else 1.0
+
   def run_eval():
     nonlocal best_value, ts
     eval_params = ts.ema_params if config.optim.get("ema_decay", 0) else (
         ts.params)
-    metrics = exp.evaluate(eval_params, ts.state, "val", budget)
-    if not metrics:
-      return metrics
-    log.write(step, "val", metrics)
-    logging.info("step %d val: %s", step, _fmt(metrics))
-    value = metrics.get(select)
+    per_split = exp.evaluate_splits(eval_params, ts.state, val_names, budget)
+    if not per_split:
+      return {}
+    for name, m in per_split.items():
+      log.write(step, name, m)
+      logging.info("step %d %s: %s", step, name, _fmt(m))
+    metrics = per_split["val"]
+    value = per_split.get(select_split, {}).get(select)
+    if value is not None:
+      value = sign * float(value)  # minimised
     if value is not None and (best_value is None or value < best_value):
       best_value = float(value)
       save("best")
@@ -540,6 +574,12 @@ def restore_run(workdir: str, which: str = "best",
   meta, _ = restore_meta(workdir, which)
   exp.task.load_state_dict(meta["task_state"])
   budget = batching.Budget(*meta["budget"])
+  if example_split not in exp.splits and exp.validation_splits():
+    example_split = exp.validation_splits()[0]  # 'val' over val_* splits
+  if example_split not in exp.splits:
+    raise DataError(config.data.get("path", "dataset"),
+                    f"no split {example_split!r}; the data has "
+                    f"{sorted(exp.splits)}")
   graphs = exp.graphs(example_split)
   if not graphs:
     raise DataError(example_split, f"split {example_split!r} is empty")
@@ -554,10 +594,31 @@ def evaluate(workdir: str, split: str = "val", which: str = "best",
              overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """Evaluates a saved run on ``split`` with its ``best``/``latest`` params.
 
-  The same as ``noisy_nodes.load(workdir, which).evaluate(split, ...)``.
+  The same as ``noisy_nodes.load(workdir, which).evaluate(split, ...)``:
+  ``split='val'`` on data with several validation splits (fairchem's
+  ``val_*``) returns their average with each split's metrics under
+  ``'per_split'``; ``split='all'`` scores everything under ``data.path``,
+  never a re-split of it.
   """
   from noisy_nodes import api  # pylint: disable=g-import-not-at-top
   return api.load(workdir, which).evaluate(split, overrides=overrides)
+
+
+def average_metrics(per_split: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+  """Unweighted mean over splits of every numeric metric they all have."""
+  rows = list(per_split.values())
+  keys = set.intersection(*(set(r) for r in rows)) if rows else set()
+  out: Dict[str, Any] = {}
+  for k in sorted(keys):
+    vals = [r[k] for r in rows]
+    if all(isinstance(v, (int, float, np.floating, np.integer))
+           and not isinstance(v, bool) for v in vals):
+      out[k] = float(np.mean(vals))
+  for k in ("eval_seconds", "num_structures"):  # totals, not means
+    if k in out:
+      out[k] = float(sum(r[k] for r in rows))
+  out["num_splits"] = len(rows)
+  return out
 
 
 def _set_path(config, dotted: str, value):

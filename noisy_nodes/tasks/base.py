@@ -31,6 +31,8 @@ class Task(abc.ABC):
 
   #: Metric used for best-checkpoint selection and the plateau schedule.
   selection_metric: str = "loss"
+  #: Whether a larger selection metric is better (ADwT, EwT).
+  selection_higher_is_better: bool = False
   #: True when training featurisation depends on the RNG (noise, frame
   #: sampling); otherwise training graphs are featurised once and cached.
   randomized_features: bool = False

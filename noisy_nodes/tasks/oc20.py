@@ -5,9 +5,14 @@ Data (``config.data``):
     once into ``cache_dir`` with ``num_train/num_val/num_test`` systems.
   * ``path`` a folder with split files (``train*``, ``val*``, ``test*``:
     ``.aselmdb``, ``.traj``, ``.db``/``.json``, ``data.lmdb`` or sub-folders
-    of them): one split per name; a folder without such names, or a single
-    file, is split deterministically (``val_fraction``, ``test_fraction``,
-    ``split_seed``).
+    of them): one split per name, each under its OWN name, e.g. fairchem's
+    ``train/``, ``val_id/``, ``val_ood_ads/``, ``val_ood_cat/``,
+    ``val_ood_both/`` (each a ``data.lmdb``); the engine evaluates every
+    ``val*`` split separately and their average (``split_name``).  A folder
+    without such names, or a single file, is split deterministically
+    (``val_fraction``, ``test_fraction``, ``split_seed``).
+  * ``whole=True`` (``evaluate --split=all``): everything under ``path`` is
+    one split ``all``, never re-split.
 
 Featurisation (``featurize``):
   * training: Noisy Nodes (§3.3).  IS2RE samples a trajectory frame when the
@@ -109,20 +114,39 @@ def read_path(path: str, fmt: str = "", limit: int = 0,
   return out
 
 
+def split_name(entry: str) -> Optional[str]:
+  """The split a folder entry holds, under its own name, or None.
+
+  fairchem's layout names every split: ``train``, ``val_id``,
+  ``val_ood_ads``, ``val_ood_cat``, ``val_ood_both`` (and ``test_*``); each
+  keeps its name (the paper's tables report each split and their average).
+  ``valid*`` is ``val``; suffixes (``.aselmdb``...) are dropped.
+  """
+  low = os.path.basename(entry.rstrip("/")).lower()
+  for suf in _SUFFIXES:
+    if low.endswith(suf):
+      low = low[:-len(suf)]
+  for split in SPLIT_NAMES:
+    if low == split or low.startswith(f"{split}_"):
+      return low
+    if split == "val" and low.startswith("valid"):
+      return "val" + low[len("valid"):].replace("ation", "")
+    if low.startswith(split):  # train2, test-foo: the plain split
+      return split
+  return None
+
+
 def _split_entries(path: str) -> Dict[str, List[str]]:
-  """Folder entries named after a split: {'train': [...], 'val': ...}."""
+  """Folder entries named after a split: {'train': [...], 'val_id': ...}."""
   entries: Dict[str, List[str]] = {}
   for name in sorted(os.listdir(path)):
-    low = name.lower()
     full = os.path.join(path, name)
-    if not os.path.isdir(full) and not any(low.endswith(s)
+    if not os.path.isdir(full) and not any(name.lower().endswith(s)
                                            for s in _SUFFIXES):
       continue  # lock files, settings, READMEs
-    for split in SPLIT_NAMES:
-      if low.startswith(split) or low.startswith(f"{split}_") or (
-          split == "val" and low.startswith("valid")):
-        entries.setdefault(split, []).append(full)
-        break
+    split = split_name(name)
+    if split is not None:
+      entries.setdefault(split, []).append(full)
   return entries if "train" in entries else {}
 
 
@@ -157,8 +181,11 @@ class OC20Task(Task):
     self.sigma = float(d.get("noise_sigma", 0.3))
     self.mean, self.std = 0.0, 1.0
     self.energy_kind = "adsorption"
-    self.selection_metric = ("positions_mae" if self.kind == "is2rs"
-                             else "energy_mae")
+    # The paper's IS2RS metric (Table 3) is ADwT, higher is better.
+    self.selection_metric = str(config.train.get("select_metric", "") or (
+        "adwt" if self.kind == "is2rs" else "energy_mae"))
+    self.selection_higher_is_better = self.selection_metric in (
+        "adwt", "energy_ewt", "ewt")
 
   # -- data ------------------------------------------------------------------
   def load_splits(self) -> Dict[str, List[Structure]]:
@@ -172,12 +199,16 @@ class OC20Task(Task):
       path = os.path.expanduser(str(d.path))
       fmt = str(d.get("format", "") or "")
       entries = _split_entries(path) if os.path.isdir(path) else {}
-      if entries:
-        splits = {}
-        for split, items in entries.items():
-          splits[split] = []
-          for item in items:
-            splits[split].extend(read_path(item, fmt, limit, skipped))
+      if d.get("whole", False):
+        # Score a whole file or folder (evaluate --split=all): every
+        # structure once, never a re-split.
+        items = [i for v in entries.values() for i in v] or [path]
+        splits = {"all": [s for i in items
+                          for s in read_path(i, fmt, skipped=skipped)]}
+      elif entries:
+        splits = {split: [s for i in items
+                          for s in read_path(i, fmt, limit, skipped)]
+                  for split, items in entries.items()}
       else:
         everything = read_path(path, fmt, skipped=skipped)
         idx = deterministic_split(len(everything),
@@ -187,11 +218,12 @@ class OC20Task(Task):
         splits = {k: [everything[i] for i in v] for k, v in idx.items()}
     if limit:
       splits = {k: v[:limit] for k, v in splits.items()}
-    if self._uses_energy() and splits.get("val"):
-      # A validation structure without the target would silently drop
-      # every validation energy metric (and the best checkpoint).
-      splits["val"] = validate_all(splits["val"], skip, self.skipped,
-                                   check=self._check_target)
+    for name in [k for k in splits if k == "val" or k.startswith("val_")]:
+      if self._uses_energy() and splits[name]:
+        # A validation structure without the target would silently drop
+        # every validation energy metric (and the best checkpoint).
+        splits[name] = validate_all(splits[name], skip, self.skipped,
+                                    check=self._check_target)
     kinds = {s.info.get("energy_kind", "adsorption")
              for v in splits.values() for s in v}
     self.energy_kind = "total" if "total" in kinds else "adsorption"
