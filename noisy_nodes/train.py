@@ -107,6 +107,22 @@ def run_cross_validation(config, workdir):
   return summary
 
 
+def baseline_table(metrics) -> str:
+  """Each metric that has a ``baseline_*`` twin, model next to baseline.
+
+  IS2RE: energy MAE / EwT against the training-mean predictor; IS2RS also
+  ADwT / positions MAE against the unrelaxed positions ("do not move").
+  """
+  rows = [(k, metrics[k], metrics[f"baseline_{k}"]) for k in sorted(metrics)
+          if f"baseline_{k}" in metrics]
+  if not rows:
+    return ""
+  width = max(len(k) for k, _, _ in rows)
+  lines = [f"{'validation':<{width}}  {'model':>10}  {'baseline':>10}"]
+  lines += [f"{k:<{width}}  {v:>10.5g}  {b:>10.5g}" for k, v, b in rows]
+  return "\n".join(lines)
+
+
 def split_batch_over_cpu_devices(config, count: int) -> None:
   """Per-device batch budgets for ``--cpu_devices=count`` (same global batch).
 
@@ -150,7 +166,8 @@ def main(argv):
     if jax.default_backend() != "cpu":
       raise errors.ConfigError("--cpu_devices", f"is for CPU-only hosts; "
                                f"this one trains on {jax.default_backend()}")
-    split_batch_over_cpu_devices(config, _CPU_DEVICES.value)
+    if config.batch.get("budget", "per_device") != "global":  # the trainer
+      split_batch_over_cpu_devices(config, _CPU_DEVICES.value)  # splits it
     logging.info("%d CPU devices, %d graphs per device", _CPU_DEVICES.value,
                  int(config.batch.max_graphs))
   def run():
@@ -159,6 +176,7 @@ def main(argv):
     else:
       metrics = trainer.train(config, _WORKDIR.value)
       print(json.dumps({"final_val": metrics}, default=float))
+      print(baseline_table(metrics))
       write_outputs(config, _WORKDIR.value)
   errors.run_cli(run)  # user faults: one line, exit 2 (3: non-finite)
 

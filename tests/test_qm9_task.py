@@ -100,11 +100,12 @@ def test_trains_a_few_steps_and_reports_qm9_metrics(raw_folder, tmp_path):
   assert final["num_targets"] == 1.0
   assert final["std_mae"] > 0 and np.isfinite(final["log_mae"])
   assert final["log_mae"] == pytest.approx(np.log(final["std_mae"]))
-  # std. MAE divides by the std of the (referenced) validation targets.
+  # std. MAE divides by σ_m: the std of the ground-truth U0 itself over
+  # the TRAINING split (App. 8.3), not of the evaluated split's residuals.
   task = QM9Task(c)
   splits = task.load_splits()
-  task.setup(splits["train"])
-  sigma = np.std([task._referenced(s)[0] for s in splits["val"]])
+  sigma = np.std([float(s.targets["U0"]) for s in splits["train"]])
+  assert final["sigma_m/U0"] == pytest.approx(sigma, rel=1e-12)
   assert final["std_mae/U0"] == pytest.approx(final["mae/U0"] / sigma)
   again = trainer.evaluate(workdir, split="val", which="latest")
   assert again["mae/U0"] == pytest.approx(final["mae/U0"], rel=1e-6)
@@ -123,3 +124,24 @@ def test_trains_a_few_steps_and_reports_qm9_metrics(raw_folder, tmp_path):
                              rtol=1e-6)
   calc = model.as_ase_calculator()
   assert calc.get_potential_energy(atoms[0]) == pytest.approx(pred["U0"][0])
+
+
+def test_twenty_molecules_train_through_their_first_evaluation(raw_folder,
+                                                               tmp_path):
+  """Issue 20, case 9: a 1-molecule validation split must not make σ zero."""
+  folder = tmp_path / "qm9_20"
+  folder.mkdir()
+  files = sorted(f for f in os.listdir(raw_folder) if f.endswith(".xyz"))
+  for i in range(20):  # 20 valid files: the 8 molecules under new indices
+    lines = open(os.path.join(raw_folder, files[i % len(files)])).read(
+        ).split("\n")
+    head = lines[1].split("\t")
+    head[0] = f"gdb {i + 1}"
+    lines[1] = "\t".join(head)
+    (folder / f"dsgdb9nsd_{i + 1:06d}.xyz").write_text("\n".join(lines))
+  c = qm9_config.get_config("tiny")
+  c.data.path, c.data.cache_dir = str(folder), str(tmp_path / "cache")
+  c.train.update(num_steps=3, eval_every=3)
+  final = trainer.train(c, str(tmp_path / "run20"))
+  assert final["num_structures"] == 1  # the paper's split scaled to 20
+  assert final["sigma_m/U0"] > 0 and np.isfinite(final["std_mae"])

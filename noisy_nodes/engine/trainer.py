@@ -35,6 +35,7 @@ from noisy_nodes.engine import optim
 from noisy_nodes.engine import parallel
 from noisy_nodes.engine import precision
 from noisy_nodes.engine import runtime
+from noisy_nodes.errors import ConfigError
 from noisy_nodes.errors import NonFiniteError, ResumeError  # noqa: F401
 from noisy_nodes.structures import DataError, Structure
 from noisy_nodes.tasks import base as task_base
@@ -334,9 +335,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   checks.check_config(config)
   checks.check_workdir(workdir)
   parallel.log_devices()
+  config = per_device_batch(config)
   tc = config.train
   exp = Experiment(config, workdir)
-  if not exp.splits.get("val"):
+  if not exp.validation_splits():
     logging.warning("the validation split is empty: no validation metrics "
                     "and no best checkpoint (end-of-run outputs use the "
                     "latest checkpoint)")
@@ -413,8 +415,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   select_split = str(tc.get("select_split", "average") or "average")
   select_split = "val" if select_split == "average" else select_split
   if val_names and select_split not in val_names + ["val"]:
-    raise ValueError(f"train.select_split={select_split!r}: the validation "
-                     f"splits are {val_names} (or 'average')")
+    raise ConfigError(f"train.select_split={select_split}", f"the "
+                      f"validation splits are {val_names} (or 'average')")
   sign = -1.0 if exp.task.selection_higher_is_better else 1.0
 
   def run_eval():
@@ -557,6 +559,37 @@ def restore_meta(workdir: str, which: str):
     return ckpt.restore_meta(which)
   finally:
     ckpt.close()
+
+
+def per_device_batch(config: ml_collections.ConfigDict,
+                     count: Optional[int] = None
+                     ) -> ml_collections.ConfigDict:
+  """``batch.budget='global'``: the budgets are split over all devices.
+
+  By default (``'per_device'``) ``batch.max_nodes/max_edges/max_graphs`` is
+  what ONE device packs per step, so the global batch grows with the device
+  count (the paper trains on 8 TPU devices without saying which it means).
+  ``'global'`` keeps the global batch fixed: each budget is divided by
+  ``jax.device_count()`` and must divide evenly.
+  """
+  mode = str(config.batch.get("budget", "per_device"))
+  if mode not in ("per_device", "global"):
+    raise ConfigError(f"batch.budget={mode}", "must be 'per_device' or "
+                      "'global'")
+  count = jax.device_count() if count is None else int(count)
+  if mode == "per_device" or count == 1:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key in ("max_graphs", "max_nodes", "max_edges"):
+    value = int(config.batch.get(key, 0))
+    if value % count:
+      raise ConfigError(f"batch.{key}={value}", f"does not divide over "
+                        f"{count} devices (batch.budget='global')")
+    config.batch[key] = value // count
+  config.batch.budget = "per_device"  # now per device (saved in config.json)
+  logging.info("global batch budget split over %d devices: %d graphs each",
+               count, int(config.batch.max_graphs))
+  return config
 
 
 def restore_run(workdir: str, which: str = "best",

@@ -23,8 +23,9 @@ Noisy Nodes: σ = 0.02 Å Gaussian noise on the input positions, the graph is
 rebuilt from the noisy positions, and the node decoder denoises (target
 clean - noisy = -σ, ``noise.denoising_sample``), weighted by the position
 loss coefficient (0.1, Table 10).  Evaluation uses clean positions.
-Metrics: per-target MAE, std. MAE, logMAE (App. 8.3) and the MAE of the
-training-mean predictor.
+Metrics: per-target MAE, std. MAE, logMAE (App. 8.3, σ_m = the std of each
+raw target over the training split, reported as ``sigma_m/<target>``) and
+the MAE of the training-mean predictor.
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ class QM9Task(Task):
     self.mean = np.zeros(len(self.targets))
     self.std = np.ones(len(self.targets))
     self.atom_refs: Dict[str, Dict[int, float]] = {}
+    self.sigma_m = np.ones(len(self.targets))
 
   # -- data ------------------------------------------------------------------
   def load_splits(self) -> Dict[str, List[Structure]]:
@@ -141,10 +143,25 @@ class QM9Task(Task):
     logging.info("QM9 targets %s: mean %s std %s (after atom references "
                  "for %s)", self.targets, self.mean, self.std,
                  sorted(self.atom_refs))
+    # σ_m of std. MAE / logMAE (App. 8.3): the spread of the ground-truth
+    # target t̂ itself over the training split, not of the atom-referenced
+    # residual (narrower) and not of the evaluated split (a tiny split
+    # would make it zero); fixed at setup so every split is comparable.
+    raw = np.stack([self._raw(s) for s in train])
+    self.sigma_m = np.array([qm9_metrics_lib.target_std(raw[:, j])
+                             for j in range(len(self.targets))])
+    bad = [t for t, v in zip(self.targets, self.sigma_m) if not v > 0]
+    if bad:
+      raise DataError(self.config.data.get("path", "") or "qm9",
+                      f"target(s) {bad} are constant over the {len(train)} "
+                      "training molecules: std. MAE is undefined")
+    for t, v in zip(self.targets, self.sigma_m):
+      logging.info("std. MAE sigma_m/%s = %.6g %s (std of the target over "
+                   "the training split)", t, v, reader.TARGET_UNITS.get(t, ""))
 
   def state_dict(self):
     return {"targets": self.targets, "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
+            "std": self.std.tolist(), "sigma_m": self.sigma_m.tolist(),
             "atom_refs": {t: {str(z): v for z, v in r.items()}
                           for t, r in self.atom_refs.items()}}
 
@@ -156,6 +173,10 @@ class QM9Task(Task):
     self.std = np.asarray(state["std"], np.float64)
     self.atom_refs = {t: {int(z): float(v) for z, v in r.items()}
                       for t, r in state["atom_refs"].items()}
+    if "sigma_m" not in state:
+      raise ValueError("checkpoint predates sigma_m (the training-split std "
+                       "of each target, for std. MAE): retrain or rerun setup")
+    self.sigma_m = np.asarray(state["sigma_m"], np.float64)
 
   # -- featurisation ------------------------------------------------------------
   def featurize(self, s: Structure, rng: Optional[np.random.Generator],
@@ -215,8 +236,10 @@ class QM9Task(Task):
     preds = {t: np.asarray(predictions[t], np.float64)
              for t in self.targets}
     out = qm9_metrics_lib.qm9_metrics(
-        preds, {t: true[:, j] for j, t in enumerate(self.targets)})
+        preds, {t: true[:, j] for j, t in enumerate(self.targets)},
+        stds={t: self.sigma_m[j] for j, t in enumerate(self.targets)})
     for j, t in enumerate(self.targets):
+      out[f"sigma_m/{t}"] = float(self.sigma_m[j])
       out[f"baseline_mae/{t}"] = qm9_metrics_lib.mae(
           np.full(len(true), self.mean[j]), true[:, j])
     return out
