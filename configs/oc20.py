@@ -170,7 +170,7 @@ def _demo_is2rs(c, no_noise):
   """IS2RS on EMT: noise and node target sized to EMT's relaxations (ours).
 
   EMT relaxations move free atoms by 0.14 Å RMS per coordinate (adsorbates
-  0.45 Å); OC20's σ = 0.3 Å buries that signal under three times as much
+  0.45 Å); OC20's σ = 0.3 Å buries that signal under twice as much
   noise, and the unnormalised node MSE (Å²) is then a tenth of the
   normalised energy MSE: the model learned to denoise and to predict the
   energy, and ended below the "do not move" baseline (ADwT 0.756 vs 0.764).

@@ -5,7 +5,11 @@ r"""Evaluate a saved run without training; prints one JSON line of metrics.
   python -m noisy_nodes.evaluate --workdir=runs/oc20 --split=all \
       --data_path=/data/oc20/is2re/all/val_id/data.lmdb   # all of one file
 
-A wrapper over ``noisy_nodes.load(workdir, checkpoint).evaluate(split)``.
+  python -m noisy_nodes.evaluate --workdir=runs/oc20 --submission=is2re.npz
+  python -m noisy_nodes.evaluate --workdir=runs/oc20 --analysis=mad
+
+A wrapper over ``noisy_nodes.load(workdir, checkpoint).evaluate(split)``,
+``noisy_nodes.oc20.submission`` and ``noisy_nodes.analysis``.
 """
 import json
 
@@ -28,6 +32,17 @@ _CKPT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                           "Which checkpoint to evaluate.")
 _DATA = flags.DEFINE_string("data_path", None,
                             "Evaluate on other data (overrides data.path).")
+_SUBMISSION = flags.DEFINE_string(
+    "submission", None, "Write the OC20 eval server's .npz here (IS2RE "
+    "energies / IS2RS positions of the splits {prefix}_id, _ood_ads, "
+    "_ood_cat, _ood_both; noisy_nodes.oc20.submission) instead of metrics.")
+_SUBMISSION_PREFIX = flags.DEFINE_string(
+    "submission_prefix", "test", "Splits of the submission: test (the "
+    "server's) or val (to check a file locally).")
+_ANALYSIS = flags.DEFINE_enum(
+    "analysis", None, ["mad"], "mad: MAD of node latents and residual "
+    "updates after every message-passing step on --split (§8.1, Fig. 3); "
+    "writes DIR/mad_<split>.json and .png.")
 _COORD = flags.DEFINE_string("coordinator_address", None,
                              "host:port of process 0 (multi-host).")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
@@ -49,6 +64,19 @@ def main(argv):
     parallel.set_cpu_devices(_CPU_DEVICES.value)
   parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value,
                                   _DIST.value)
+  overrides = {"data.path": _DATA.value} if _DATA.value else None
+  if _SUBMISSION.value:
+    from noisy_nodes.oc20 import submission  # pylint: disable=g-import-not-at-top
+    counts = errors.run_cli(lambda: submission.submission_from_run(
+        _WORKDIR.value, _SUBMISSION.value, _SUBMISSION_PREFIX.value,
+        _CKPT.value, overrides))
+    print(json.dumps({"submission": _SUBMISSION.value, "systems": counts}))
+    return
+  if _ANALYSIS.value == "mad":
+    from noisy_nodes import analysis  # pylint: disable=g-import-not-at-top
+    print(json.dumps(errors.run_cli(lambda: analysis.write_mad(
+        _WORKDIR.value, _SPLIT.value, _CKPT.value, overrides))))
+    return
   metrics = errors.run_cli(lambda: api.load(_WORKDIR.value, _CKPT.value)
                            .evaluate(_SPLIT.value, data_path=_DATA.value))
   print(json.dumps(metrics, default=float, sort_keys=True))

@@ -81,8 +81,13 @@ class _Block(hk.Module):
     self.activation = activation
     self.remat = remat
 
-  def __call__(self, nodes, edges, senders, receivers, edge_mask):
-    """nodes [N, D], edges [E, D] -> (nodes, edges) after M steps."""
+  def __call__(self, nodes, edges, senders, receivers, edge_mask,
+               step_latents: bool = False):
+    """nodes [N, D], edges [E, D] -> (nodes, edges) after M steps.
+
+    With ``step_latents`` also the node latents after each step [M, N, D]
+    (the same parameters: the stack only emits a per-step output).
+    """
     num_nodes = nodes.shape[0]
     emask = edge_mask[:, None].astype(edges.dtype)
 
@@ -100,6 +105,14 @@ class _Block(hk.Module):
 
     if self.remat:
       step = hk.remat(step)
+    if step_latents:
+      def step_out(carry):
+        v, e = step(*carry)
+        return (v, e), v
+      stack = hk.layer_stack(self.num_steps, with_per_layer_inputs=True,
+                             name="steps")(step_out)
+      (v, e), vs = stack((nodes, edges))
+      return v, e, vs
     stack = hk.layer_stack(self.num_steps, name="steps")(step)
     return stack(nodes, edges)
 
@@ -169,6 +182,7 @@ class GNS(hk.Module):
                use_directions: bool = True,
                lattice_frame: bool = True,
                mlp_hidden_size: Optional[int] = None,
+               step_latents: bool = False,
                name: Optional[str] = "gns"):
     """Builds the model.
 
@@ -190,6 +204,9 @@ class GNS(hk.Module):
         periodic graphs (see module docstring); no effect on molecules.
       mlp_hidden_size: hidden width of every MLP (default ``latent_size``;
         QM9's Table 10 uses 1024 hidden with 512 latents).
+      step_latents: also output 'step_node_latents' [1 + N*M, N, D], the
+        encoder's node latents and those after every message-passing step
+        (oversmoothing analysis, §8.1; ``noisy_nodes.analysis``).
     """
     super().__init__(name=name)
     self.latent_size = latent_size
@@ -206,6 +223,7 @@ class GNS(hk.Module):
     self.use_directions = use_directions
     self.lattice_frame = lattice_frame
     self.mlp_hidden_size = mlp_hidden_size or latent_size
+    self.step_latents = step_latents
 
   def __call__(self, graph: jraph.GraphsTuple,
                is_training: bool = False) -> Dict[str, jnp.ndarray]:
@@ -244,15 +262,17 @@ class GNS(hk.Module):
     node_decoder = _mlp(self, "node_decoder", layer_norm=False, out=3)
 
     def iteration(carry, _):
-      v, e = block(carry[0], carry[1], graph.senders, graph.receivers,
-                   edge_mask)
+      out = block(carry[0], carry[1], graph.senders, graph.receivers,
+                  edge_mask, step_latents=self.step_latents)
+      v, e = out[:2]
       # y = W_P sum_i MLP_P(a_i^Proc) + b_P + [encoder half]   (§3.2)
       y = proc_linear(pool(proc_mlp(v))) + y_enc
       dx = node_decoder(v)
-      return (v, e), (y, dx)
+      return (v, e), (y, dx) + tuple(out[2:])
 
-    (v_last, _), (ys, dxs) = hk.scan(iteration, (v_enc, e_enc), None,
-                                    length=self.num_iterations)
+    (v_last, _), per_block = hk.scan(iteration, (v_enc, e_enc), None,
+                                     length=self.num_iterations)
+    ys, dxs = per_block[:2]
 
     if frames is not None:
       # Back from the lattice frame to Cartesian: d = F^T local.
@@ -260,13 +280,17 @@ class GNS(hk.Module):
     gmask = graph_mask[None, :, None].astype(ys.dtype)
     ys = ys * gmask
     dxs = dxs * nmask[None]
-    return {
+    out = {
         "graph": ys[-1],
         "node": dxs[-1],
         "per_block_graph": ys,
         "per_block_node": dxs,
         "node_embedding": v_last * nmask,
     }
+    if self.step_latents:  # [N_iter, M, N, D] -> [1 + N_iter * M, N, D]
+      vs = per_block[2].reshape((-1,) + v_enc.shape)
+      out["step_node_latents"] = jnp.concatenate([v_enc[None], vs]) * nmask
+    return out
 
 
 def count_params(params) -> int:

@@ -6,6 +6,7 @@ import sys
 
 import haiku as hk
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -262,16 +263,23 @@ def fairchem_folder(emt_folder, tmp_path_factory):
   return out
 
 
+@pytest.fixture(scope="module")
+def fairchem_run(fairchem_folder, tmp_path_factory):
+  """A tiny IS2RS run on the fairchem layout: (config, workdir, final)."""
+  c = _config(fairchem_folder, "tiny,is2rs")
+  c.train.update(num_steps=4, eval_every=2, log_every=2)
+  workdir = str(tmp_path_factory.mktemp("fairchem_run"))
+  return c, workdir, trainer.train(c, workdir)
+
+
 def test_fairchem_layout_evaluates_each_split_and_average(fairchem_folder,
+                                                          fairchem_run,
                                                           tmp_path):
   splits = OC20Task(_config(fairchem_folder)).load_splits()
   assert {k: len(v) for k, v in splits.items()} == {
       "train": 6, "val_id": 1, "val_ood_ads": 1, "val_ood_cat": 1,
       "val_ood_both": 2}
-  c = _config(fairchem_folder, "tiny,is2rs")
-  c.train.update(num_steps=4, eval_every=2, log_every=2)
-  workdir = str(tmp_path / "run")
-  final = trainer.train(c, workdir)
+  c, workdir, final = fairchem_run
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(l) for l in f if '"train"' not in l]
   # Per evaluation: one row per validation split, then their average.
@@ -293,5 +301,49 @@ def test_fairchem_layout_evaluates_each_split_and_average(fairchem_folder,
   whole = trainer.evaluate(workdir, "all", "latest", {"data.path": one})
   assert whole["num_structures"] == 6 and whole["split"] == "all"
   with pytest.raises(ValueError, match="select_split"):
+    c = ml_collections.ConfigDict(c.to_dict())
     c.train.select_split = "val_nope"
     trainer.train(c, str(tmp_path / "bad"))
+
+
+def test_submission_file_round_trips(fairchem_run, tmp_path):
+  from noisy_nodes.oc20 import submission  # pylint: disable=g-import-not-at-top
+  _, workdir, _ = fairchem_run
+  out = str(tmp_path / "is2rs.npz")
+  # The server's file for the val_* splits (a test_* layout is the same).
+  counts = submission.submission_from_run(workdir, out, prefix="val")
+  assert counts == {"id": 1, "ood_ads": 1, "ood_cat": 1, "ood_both": 2}
+  with np.load(out) as f:
+    assert sorted(f.files) == sorted(
+        f"{s}_{k}" for s in submission.SPLITS
+        for k in ("ids", "pos", "chunk_idx"))
+  got = submission.read_submission(out)
+  model = noisy_nodes.load(workdir, "best")
+  for split in submission.SPLITS:
+    structures = model.dataset(f"val_{split}")
+    assert list(got[split]["ids"]) == [s.id for s in structures]
+    want = model.predict(structures)["node_positions"]
+    assert len(got[split]["positions"]) == len(want)
+    for a, b in zip(got[split]["positions"], want):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  # IS2RE layout through the writer; a missing split is refused.
+  per = {s: {"ids": ["7", "8"], "energy": [0.5, -1.25]}
+         for s in submission.SPLITS}
+  submission.write_submission(str(tmp_path / "is2re.npz"), "is2re", per)
+  back = submission.read_submission(str(tmp_path / "is2re.npz"))
+  assert list(back["ood_cat"]["ids"]) == ["7", "8"]
+  np.testing.assert_array_equal(back["ood_cat"]["energy"], [0.5, -1.25])
+  del per["ood_both"]
+  with pytest.raises(ValueError, match="ood_both"):
+    submission.write_submission(str(tmp_path / "x.npz"), "is2re", per)
+
+
+def test_mad_analysis_writes_json_and_plot(fairchem_run):
+  from noisy_nodes import analysis  # pylint: disable=g-import-not-at-top
+  _, workdir, _ = fairchem_run
+  paths = analysis.write_mad(workdir, "val_ood_both", "latest")
+  result = json.load(open(paths["json"]))
+  assert len(result["latents"]) == 1 + 2 * 2  # encoder + N x M steps
+  assert len(result["updates"]) == 2 * 2 and result["num_graphs"] == 2
+  assert all(0.0 <= v <= 2.0 for v in result["latents"] + result["updates"])
+  assert os.path.getsize(paths["png"]) > 1000

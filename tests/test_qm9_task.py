@@ -104,6 +104,7 @@ def test_trains_a_few_steps_and_reports_qm9_metrics(raw_folder, tmp_path):
   # the TRAINING split (App. 8.3), not of the evaluated split's residuals.
   task = QM9Task(c)
   splits = task.load_splits()
+  task.setup(splits["train"])
   sigma = np.std([float(s.targets["U0"]) for s in splits["train"]])
   assert final["sigma_m/U0"] == pytest.approx(sigma, rel=1e-12)
   assert final["std_mae/U0"] == pytest.approx(final["mae/U0"] / sigma)

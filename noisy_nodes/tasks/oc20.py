@@ -366,6 +366,7 @@ class OC20Task(Task):
         num_targets=1, use_tags=bool(m.get("use_tags", True)),
         use_cell_vector=bool(m.get("use_cell_vector", True)),
         remat=bool(m.get("remat", False)),
+        step_latents=bool(m.get("step_latents", False)),
         activation=str(m.get("activation", "shifted_softplus")),
         use_directions=bool(m.get("use_directions", True)),
         lattice_frame=bool(m.get("lattice_frame", True)))(graph, is_training)

@@ -213,6 +213,7 @@ class QM9Task(Task):
         num_basis=int(m.num_basis), cutoff=float(self.config.data.cutoff),
         num_targets=len(self.targets), use_tags=False, use_cell_vector=False,
         remat=bool(m.get("remat", False)),
+        step_latents=bool(m.get("step_latents", False)),
         activation=str(m.get("activation", "shifted_softplus")),
         use_directions=bool(m.get("use_directions", True)))(graph,
                                                              is_training)
