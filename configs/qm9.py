@@ -20,8 +20,9 @@ One model per target, as in the paper (``data.target``); a list of targets
 trains one multi-output model.  ``experiments/qm9_table.py`` aggregates a
 sweep of per-target runs into Table 5's layout (MAE in the paper's units,
 std. MAE, logMAE).  std. MAE / logMAE divide by σ_m, the standard deviation
-of the ground-truth target over the TRAINING split (App. 8.3; printed per
-target at setup and saved with the checkpoint).
+of the ground-truth target over the TRAINING split (App. 8.3; U0/U/H/G as
+atomization energies; printed per target at setup, saved with the
+checkpoint).
 
 ``PAPER_ROWS`` maps the paper's QM9 rows (Tables 5, 6) to variants (README
 "Noisy Nodes ablations"; tests/test_configs_noisy_nodes.py pins each).
