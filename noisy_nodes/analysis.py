@@ -23,7 +23,6 @@ import json
 import os
 from typing import Any, Dict, Optional
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,7 +69,7 @@ def mad_by_step(workdir: str, split: str = "val", which: str = "best",
   params = ts.ema_params if exp.config.optim.get("ema_decay", 0) else (
       ts.params)
   params, state = parallel.to_host(params), parallel.to_host(ts.state)
-  transformed = hk.transform_with_state(exp.task.model)
+  transformed = exp.transformed()  # the run's precision policy too
 
   @jax.jit
   def sums_fn(params, state, graph):
@@ -82,8 +81,9 @@ def mad_by_step(workdir: str, split: str = "val", which: str = "best",
     return lat, upd
 
   totals = {"latents": [], "updates": []}
-  for batch, index_lists in batching.eval_batches(exp.graphs(split), budget,
-                                                  1):
+  graphs = exp.graphs(split)
+  budget = batching.fitting_budget(budget, graphs)  # every graph, none cut
+  for batch, index_lists in batching.eval_batches(graphs, budget, 1):
     graph = jax.tree_util.tree_map(lambda x: x[0], batch)
     (ls, lp), (us, up) = jax.device_get(sums_fn(params, state, graph))
     real = np.arange(ls.shape[1]) < len(index_lists[0])
