@@ -231,6 +231,31 @@ def test_oc20_validation_without_energies_is_an_error(tmp_path):
   assert len(task.skipped) == 3
 
 
+def test_qm9_metric_sigma_comes_from_training():
+  """Case 9: a small validation split whose targets are all equal (sigma 0
+  there) still gets finite std. MAE / logMAE: sigma_m is the training
+  split's (noisy_nodes/tasks/qm9.py)."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import qm9  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.tasks.qm9 import QM9Task  # pylint: disable=g-import-not-at-top
+  c = qm9.get_config("demo")
+  c.data.target = "gap"
+  methane = dict(atomic_numbers=[6, 1, 1, 1, 1],
+                 positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63],
+                            [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]])
+  gaps = np.linspace(8.0, 12.0, 18)
+  train = [Structure(id=f"t{i}", targets={"gap": g}, **methane)
+           for i, g in enumerate(gaps)]
+  val = [Structure(id=f"v{i}", targets={"gap": 10.0}, **methane)
+         for i in range(2)]
+  task = QM9Task(c)
+  task.setup(train)
+  m = task.metrics(val, {"gap": [np.array(10.5), np.array(9.75)]})
+  assert m["sigma_m/gap"] == pytest.approx(np.std(gaps))
+  assert m["std_mae"] == pytest.approx(0.375 / np.std(gaps))
+  assert np.isfinite(m["log_mae"])
+
+
 def test_qm9_generator_without_its_extra_says_which(monkeypatch):
   """Case 16: one line naming the extra, not an ImportError traceback."""
   from noisy_nodes.qm9 import xtb  # pylint: disable=g-import-not-at-top
