@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "lmdb",
     "orjson",
     "tensorboardX",
+    "scikit-learn",  # t-SNE of crystal embeddings (crystal.analysis)
 ]
 
 EXTRAS = {

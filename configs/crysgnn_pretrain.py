@@ -95,7 +95,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                  skip_nonfinite=False)
   if variant == "library":
     c.model = dict(name="cgcnn", dim=64, num_layers=5, post_fc_layers=0,
-                   activation="softplus", aggregation="sum", gate_norm=True)
+                   activation="softplus", aggregation="sum", gate_norm=True,
+                   aggregate_at="center")   # summed over i's own neighbours
     c.batch.update(max_nodes=1024, max_edges=12288, max_graphs=64)
     c.optim.update(lr=1e-3, clip_norm=10.0)
     c.train.update(num_steps=50000, eval_every=2000, checkpoint_every=2000)

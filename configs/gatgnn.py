@@ -4,7 +4,8 @@ BatchNorm and no skips (5 layers by default; the depth scan varies it).
   python -m noisy_nodes.train --config=configs/gatgnn.py:demo --workdir=runs/gatgnn \
       [--config.data.path=FOLDER] [--config.data.cv_folds=5]
 
-Variants (``:demo``, ``:tiny``, ``:deeper``) and every setting: configs/crystal_common.py.
+Variants (``:demo``, ``:tiny``, ``:improved``), every setting and every
+deviation from the reference (each a named option): configs/crystal_common.py.
 """
 import importlib.util
 import os

@@ -1,10 +1,13 @@
-r"""SchNet baseline (MatDeepLearn preset: dim 100, 4 interaction blocks, cutoff
-8 Å, max pool, AdamW 0.0005); ``:deeper`` gives DeeperSchNet.
+r"""SchNet baseline, the reference exactly with no variant (MatDeepLearn
+SchNet_demo: dim 100, 150 filters, 4 interaction blocks aggregated at PyG's
+edge_index[1], cosine cutoff 8 Å, max pool, AdamW 0.0005); ``:deeper`` gives
+SUPER_SchNet.
 
   python -m noisy_nodes.train --config=configs/schnet.py:demo --workdir=runs/schnet \
       [--config.data.path=FOLDER] [--config.data.cv_folds=5]
 
-Variants (``:demo``, ``:tiny``, ``:deeper``) and every setting: configs/crystal_common.py.
+Variants (``:demo``, ``:tiny``, ``:deeper``, ``:improved``), every setting and
+every deviation from the reference (each a named option): configs/crystal_common.py.
 """
 import importlib.util
 import os

@@ -16,6 +16,10 @@ Three dataset-folder layouts are read by ``read_dataset_folder``:
   * ALIGNN / JARVIS: ``id_prop.csv`` whose first column is the structure file
     name (usually a POSCAR, e.g. ``POSCAR-JVASP-1002.vasp``), with or without
     a header row.
+  * ``db`` (MatDeepLearn ``data_format: db``): one ASE database ``data.db``
+    and ``targets.csv``; the k-th row of ``targets.csv`` labels the k-th
+    database row (by order, as the reference pairs them), the csv's ids name
+    the samples.
 
 Every fault raises ``DataError(sample, fault)`` naming the file; with
 ``skip_invalid=True`` bad samples are dropped and listed in the report.
@@ -34,7 +38,7 @@ import numpy as np
 
 from noisy_nodes.structures import FLOAT32_MAX, DataError, Structure
 
-FORMATS = ("matdeeplearn", "cgcnn", "alignn")
+FORMATS = ("matdeeplearn", "cgcnn", "alignn", "db")
 
 # Atoms closer than this (Å) are "two atoms at the same position".
 DEFAULT_MIN_DISTANCE = 0.1
@@ -314,6 +318,9 @@ def infer_format(path: str) -> str:
   if not os.path.isdir(path):
     raise DataError(path, "dataset folder not found")
   names = set(os.listdir(path))
+  if "targets.csv" in names and "data.db" in names and not any(
+      n.endswith((".json", ".cif", ".vasp")) for n in names):
+    return "db"
   if "targets.csv" in names:
     return "matdeeplearn"
   if "id_prop.csv" in names:
@@ -384,6 +391,9 @@ def read_dataset_folder(path: str, format: Optional[str] = None,  # pylint: disa
                     f"{FORMATS}")
   if not os.path.isdir(path):
     raise DataError(path, "dataset folder not found")
+  if fmt == "db":
+    return _read_db_folder(path, skip_invalid, allow_overlap,
+                           max_cell_length)
   csv_name = "targets.csv" if fmt == "matdeeplearn" else "id_prop.csv"
   csv_path = os.path.join(path, csv_name)
   index = _structure_index(path, fmt)
@@ -430,6 +440,76 @@ def read_dataset_folder(path: str, format: Optional[str] = None,  # pylint: disa
                     + (f"; skipped: {report.skipped[:3]}" if report.skipped
                        else ""))
   return structures, report
+
+
+def _read_db_folder(path, skip_invalid, allow_overlap, max_cell_length):
+  """``data.db`` + ``targets.csv`` paired by row order (module docstring)."""
+  import ase.db  # pylint: disable=g-import-not-at-top
+  db_path = os.path.join(path, "data.db")
+  csv_path = os.path.join(path, "targets.csv")
+  if not os.path.exists(db_path):
+    raise DataError(db_path, "data.format 'db' needs a data.db in the folder")
+  try:
+    with ase.db.connect(db_path) as db:
+      rows = [r.toatoms() for r in db.select()]
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(db_path, f"unreadable ASE database ({e})") from e
+  targets, _ = read_targets_csv(csv_path, allow_header=True)
+  if len(targets) != len(rows):
+    raise DataError(csv_path, f"{len(targets)} rows but {db_path} holds "
+                    f"{len(rows)} structures (they pair by row)")
+  report = FolderReport(format="db", targets_file=csv_path)
+  structures, seen = [], set()
+  for k, ((sid, target), atoms) in enumerate(zip(targets, rows)):
+    sample = f"{db_path}[row {k + 1}, id {sid}]"
+    try:
+      if sid in seen:
+        raise DataError(csv_path, f"duplicate id {sid!r}")
+      seen.add(sid)
+      if isinstance(target, str):
+        raise DataError(csv_path, f"targets.csv {target}")
+      if len(atoms) == 0:
+        raise DataError(sample, "structure has no atoms")
+      st = Structure(id=sid, atomic_numbers=atoms.numbers,
+                     positions=atoms.positions, cell=np.asarray(atoms.cell),
+                     pbc=atoms.pbc, info={"source": sample, "format": "db"})
+      if st.periodic and np.all(st.cell == 0):
+        raise DataError(sample, "periodic structure without a cell")
+      try:
+        check_structure(st, allow_overlap, DEFAULT_MIN_DISTANCE,
+                        max_cell_length)
+      except DataError as e:
+        raise DataError(sample, e.fault) from e
+    except DataError as e:
+      if not skip_invalid:
+        raise
+      report.skipped.append(f"{e.sample}: {e.fault}")
+      continue
+    st.targets["target"] = target
+    structures.append(st)
+  if not structures:
+    raise DataError(path, "empty dataset (no readable labelled structures)")
+  return structures, report
+
+
+def write_db_folder(path: str, structures: Sequence[Structure],
+                    target: str = "target") -> None:
+  """Writes ``data.db`` (ASE) + ``targets.csv``, row k labelling row k."""
+  import ase  # pylint: disable=g-import-not-at-top
+  import ase.db  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  db_path = os.path.join(path, "data.db")
+  if os.path.exists(db_path):
+    os.remove(db_path)
+  with ase.db.connect(db_path) as db:
+    for st in structures:
+      db.write(ase.Atoms(numbers=st.atomic_numbers, positions=st.positions,
+                         cell=st.cell, pbc=st.pbc))
+  with open(os.path.join(path, "targets.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    for st in structures:
+      w.writerow([st.id] + [repr(float(v)) for v in
+                            np.atleast_1d(st.targets[target])])
 
 
 # -- writing --------------------------------------------------------------------

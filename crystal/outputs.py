@@ -6,7 +6,8 @@ splits and writes, per split:
 
   predictions_<split>.csv   id, target(s), prediction(s), absolute error(s)
   parity_<split>.png        predicted vs. true with MAE / R^2
-  metrics_<split>.json      the task's metrics (MAE, MSE, R^2)
+  metrics_<split>.json      the task's metrics (MAE, MSE, R^2) and the MAE
+                            of the training mean (``mean_predictor_mae``)
 
 plus ``learning_curve.png`` from ``metrics.jsonl``. Plots use matplotlib's
 Agg backend (no display needed).
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 
 from noisy_nodes import plots
+from crystal.metrics import regression_metrics
 from noisy_nodes.structures import DataError
 
 
@@ -83,7 +85,6 @@ def plot_parity(path: str, true: np.ndarray, pred: np.ndarray,
   Args:
     true, pred: [n] or [n, T].
   """
-  from crystal.tasks import regression_metrics  # pylint: disable=g-import-not-at-top
   true = np.asarray(true, np.float64).reshape(len(true), -1)
   pred = np.asarray(pred, np.float64).reshape(len(pred), -1)
   t = true.shape[1]
@@ -152,6 +153,9 @@ def write_outputs(workdir: str, splits: Sequence[str] = ("val", "test"),
     return {}
   params = ts.ema_params if saved["optim"].get("ema_decay", 0) else ts.params
   result: Dict[str, Dict] = {}
+  train = exp.splits.get("train") or []
+  train_mean = (np.mean([np.atleast_1d(s.targets["target"]) for s in train],
+                        axis=0) if train else None)
   for split in splits:
     structures = exp.splits.get(split) or []
     if not structures:
@@ -161,6 +165,10 @@ def write_outputs(workdir: str, splits: Sequence[str] = ("val", "test"),
     true = np.stack([np.atleast_1d(s.targets["target"]) for s in structures])
     metrics = exp.task.metrics(structures, preds)
     metrics.update(step=int(step), checkpoint=which, n=len(structures))
+    if train_mean is not None:
+      # The baseline every model must beat: predict the training mean.
+      metrics["mean_predictor_mae"] = float(np.mean(np.abs(true -
+                                                           train_mean)))
     ids = [s.id for s in structures]
     csv_path = write_predictions_csv(
         os.path.join(out_dir, f"predictions_{split}.csv"), ids, pred, true)

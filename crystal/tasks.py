@@ -11,11 +11,11 @@ DeeperGATGNN or a (deeper) baseline, as in the DeeperGATGNN reference
   splits   hold-out 0.8 / 0.05 / 0.15 of a seeded permutation (or absolute
            counts ``data.split_sizes = (train, val, test)``), or k-fold
            cross-validation (``data.cv_folds = k``, ``data.fold = i``): test
-           = fold i, train = the other folds minus a seeded validation slice
-           of ``data.cv_val_fraction`` of them. (The reference trains on all
-           other folds with no validation set and keeps the last epoch; we
-           hold out a slice so the best checkpoint and the plateau schedule
-           never see the test fold.)
+           = fold i, train = all the other folds and no validation set, the
+           last epoch's model kept (the reference); with
+           ``data.cv_val_fraction > 0`` a seeded slice of that fraction of
+           the training folds is held out for validation and the best
+           checkpoint is kept (a deviation; it never sees the test fold).
   features ``crystal.features.CrystalFeaturizer(data.graph)``; its min-max
            distance range is fitted on the training split and saved in the
            checkpoint (``state_dict``), so prediction on new files
@@ -57,6 +57,7 @@ from noisy_nodes.tasks.base import Task
 
 from crystal import datasets
 from crystal import features as features_lib
+from crystal.metrics import r2_score, regression_metrics  # noqa: F401
 
 TARGET = "target"          # Structure.targets key and prediction key.
 _GENERATED_KINDS = ("pt_clusters", "pt10", "surfaces")
@@ -120,8 +121,9 @@ def split_indices(n: int, data) -> Dict[str, np.ndarray]:
     if n < k:
       raise DataError("dataset", f"{n} samples cannot make {k} folds")
     train, test = datasets.kfold_splits(n, k, seed)[fold]
-    frac = float(data.get("cv_val_fraction", 0.05))
-    n_val = max(1, int(round(frac * len(train))))
+    frac = float(data.get("cv_val_fraction", 0.0))
+    # Reference: no validation set (0); otherwise at least one sample.
+    n_val = max(1, int(round(frac * len(train)))) if frac > 0 else 0
     # Seeded per fold, so every fold's validation slice differs.
     perm = np.random.default_rng([seed, fold]).permutation(train)
     return {"train": np.sort(perm[n_val:]), "val": np.sort(perm[:n_val]),
@@ -132,6 +134,20 @@ def split_indices(n: int, data) -> Dict[str, np.ndarray]:
   except ValueError as e:
     raise DataError("data.split_sizes", str(e)) from None
   return {"train": train, "val": val, "test": test}
+
+
+def select_target(structures: Sequence[Structure], index: int,
+                  where: str) -> None:
+  """Keeps column ``index`` of every ``targets['target']`` (the reference's
+  ``target_index``: which column of targets.csv to learn); -1 keeps all."""
+  if index < 0:
+    return
+  for s in structures:
+    t = np.atleast_1d(np.asarray(s.targets[TARGET], np.float64))
+    if index >= t.shape[0]:
+      raise DataError(where, f"data.target_index={index} but sample {s.id} "
+                      f"has {t.shape[0]} target column(s)")
+    s.targets[TARGET] = t[index:index + 1]
 
 
 def featurizer_config(graph_cfg) -> features_lib.FeaturizerConfig:
@@ -148,32 +164,6 @@ def featurizer_config(graph_cfg) -> features_lib.FeaturizerConfig:
   return features_lib.FeaturizerConfig(**items)
 
 
-def r2_score(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
-  """Coefficient of determination per column: 1 - SS_res / SS_tot, [T]."""
-  ss_res = np.sum((true - pred) ** 2, axis=0)
-  ss_tot = np.sum((true - true.mean(0)) ** 2, axis=0)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan)
-
-
-def regression_metrics(true: np.ndarray, pred: np.ndarray) -> Dict[str, float]:
-  """MAE, MSE, R^2 (averaged over targets) and per-target MAE when T > 1.
-
-  Args:
-    true, pred: [n, T] in target units.
-  """
-  true = np.asarray(true, np.float64).reshape(len(true), -1)
-  pred = np.asarray(pred, np.float64).reshape(len(pred), -1)
-  err = pred - true
-  out = {"mae": float(np.mean(np.abs(err))),
-         "mse": float(np.mean(err ** 2)),
-         "r2": float(np.mean(r2_score(true, pred)))}
-  if true.shape[1] > 1:
-    for t in range(true.shape[1]):
-      out[f"mae_{t}"] = float(np.mean(np.abs(err[:, t])))
-  return out
-
-
 # -- the task ---------------------------------------------------------------------------
 class CrystalPropertyTask(Task):
   """Graph-level regression of ``targets['target']`` (module docstring)."""
@@ -188,6 +178,8 @@ class CrystalPropertyTask(Task):
     self.num_targets: Optional[int] = None
     self.target_mean = np.zeros(1)
     self.target_std = np.ones(1)
+    self.output_bias: Optional[np.ndarray] = None   # set by setup()
+    self.mean_predictor: Optional[np.ndarray] = None
     self.loss_kind = str(config.train.get("loss", "l1")).lower()
     if self.loss_kind not in ("l1", "mse"):
       raise ValueError(f"train.loss must be 'l1' or 'mse', got "
@@ -227,6 +219,8 @@ class CrystalPropertyTask(Task):
     for s in structures:
       if TARGET not in s.targets:
         raise DataError(s.id, f"no targets[{TARGET!r}] to learn")
+    select_target(structures, int(d.get("target_index", -1)),
+                  d.get("path", "") or "generated dataset")
     widths = {np.atleast_1d(s.targets[TARGET]).shape for s in structures}
     if len(widths) != 1:
       raise DataError(d.get("path", "") or "generated dataset",
@@ -247,6 +241,10 @@ class CrystalPropertyTask(Task):
     else:
       self.target_mean = np.zeros(t.shape[1])
       self.target_std = np.ones(t.shape[1])
+    # The training targets' mean in model units (0 when normalised): where
+    # ``model.output_init='mean_predictor'`` starts the output bias.
+    self.output_bias = (t.mean(0) - self.target_mean) / self.target_std
+    self.mean_predictor = t.mean(0)
     self._resolve_epochs(len(train))
     if self.config.data.get("graph_cache", True):
       cache = os.path.join(self.config.data.cache_dir, "graphs")
@@ -309,6 +307,16 @@ class CrystalPropertyTask(Task):
     if self.num_targets is None:
       raise RuntimeError("the number of targets is unknown: call "
                          "load_splits() or load_state_dict() first")
+    init = kwargs.pop("output_init", "default")
+    if init not in ("default", "mean_predictor"):
+      raise ValueError(f"model.output_init must be 'default' or "
+                       f"'mean_predictor', got {init!r}")
+    if init == "mean_predictor":
+      # Weights 0 and bias at the training mean (restored runs overwrite
+      # both, so the bias value only matters before training).
+      kwargs["output_zero_weights"] = True
+      if self.output_bias is not None:
+        kwargs["output_bias"] = tuple(float(b) for b in self.output_bias)
     return models.build_model(name, num_targets=self.num_targets,
                               **kwargs)(graph, is_training)
 
@@ -336,9 +344,16 @@ class CrystalPropertyTask(Task):
     }
     return jnp.sum(per_graph * mask), jnp.sum(mask), metrics
 
+  # ``crystal.analysis`` sets this: predictions then carry each crystal's
+  # pooled embedding (the vector the output head reads), [G, F].
+  predict_embeddings = False
+
   def predict(self, outputs, graph):
     mean, std = self._norm()
-    return {TARGET: outputs["graph"] * std + mean}               # [G, T]
+    out = {TARGET: outputs["graph"] * std + mean}                # [G, T]
+    if self.predict_embeddings:
+      out["pooled"] = outputs["pooled"]
+    return out
 
   def metrics(self, structures, predictions):
     true = np.stack([np.atleast_1d(s.targets[TARGET]) for s in structures])
@@ -374,6 +389,14 @@ class CrystalPropertyTask(Task):
       if split in result:
         logging.info("%s predictions (%s checkpoint): %s, %s", split, which,
                      result[split]["csv"], result[split]["parity"])
+    for split in ("test", "val"):
+      m = result.get(split, {}).get("metrics", {})
+      if "mean_predictor_mae" in m:
+        ratio = m["mean_predictor_mae"] / max(m["mae"], 1e-30)
+        print(f"{split} MAE {m['mae']:.4g} vs {m['mean_predictor_mae']:.4g} "
+              f"for the mean predictor ({ratio:.2f}x lower; {split} split, "
+              f"n={m['n']}, {which} checkpoint)", flush=True)
+        break
 
 
 def _plain(cfg) -> Dict[str, Any]:

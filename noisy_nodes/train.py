@@ -3,6 +3,8 @@ r"""Train any model of the library: ``python -m noisy_nodes.train``.
   python -m noisy_nodes.train --config=configs/oc20.py:demo --workdir=runs/oc20
   python -m noisy_nodes.train --config=configs/deeper_gatgnn.py:demo \
       --workdir=runs/dg --config.data.path=my_folder --config.data.cv_folds=5
+  (or --config.train.repeats=N: N training seeds, mean ± std of the test
+  metrics, as the reference's Repeat mode)
 
 Resumes from the latest checkpoint in ``--workdir`` if there is one. Once a
 run (each CV fold) finishes normally, the task's ``write_outputs`` hook leaves
@@ -74,36 +76,73 @@ def write_outputs(config, workdir):
     raise
 
 
+def _kept_checkpoint(workdir: str) -> str:
+  """'best' when the run kept one (it had a validation split), else
+  'latest' (the reference's CV keeps the last epoch's model)."""
+  from noisy_nodes.engine import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  ckpt = ckpt_lib.Checkpointer(workdir)
+  try:
+    return "best" if ckpt.latest_step("best") is not None else "latest"
+  finally:
+    ckpt.close()
+
+
 def run_cross_validation(config, workdir):
-  """k-fold CV: one run per fold in workdir/fold_<k>, then a summary table."""
+  """k-fold CV: one run per fold in workdir/fold_<k>, then a summary table
+  (test split of each fold) printed and saved as cv_results.json."""
+  def fold(cfg, k):
+    cfg.data.fold = k
+  return run_trials(config, workdir, int(config.data.cv_folds), "fold", fold,
+                    "cv_results.json", "folds")
+
+
+def run_repeats(config, workdir):
+  """The reference's Repeat mode: ``train.repeats`` runs in
+  workdir/repeat_<k> with training seeds ``train.seed + k`` (the same data
+  split: the spread is the training's), then the mean ± std table of their
+  test metrics, printed and saved as repeat_results.json."""
+  seed = int(config.train.seed)
+
+  def reseed(cfg, k):
+    cfg.train.seed = seed + k
+  return run_trials(config, workdir, int(config.train.repeats), "repeat",
+                    reseed, "repeat_results.json", "repeats")
+
+
+def run_trials(config, workdir, count, label, configure, out_name, key):
+  """``count`` runs of ``config`` changed by ``configure(cfg, k)``, each in
+  workdir/<label>_<k> with its outputs, then mean ± std of the test
+  metrics of each run's kept checkpoint (best, or latest without a
+  validation split)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  k = int(config.data.cv_folds)
   rows = []
-  for fold in range(k):
+  for k in range(count):
     cfg = config.copy_and_resolve_references()
     with cfg.unlocked():
-      cfg.data.fold = fold
-    fold_dir = os.path.join(workdir, f"fold_{fold}")
-    trainer.train(cfg, fold_dir)
-    write_outputs(cfg, fold_dir)
-    rows.append(trainer.evaluate(fold_dir, split="test", which="best"))
+      configure(cfg, k)
+    run_dir = os.path.join(workdir, f"{label}_{k}")
+    trainer.train(cfg, run_dir)
+    write_outputs(cfg, run_dir)
+    rows.append(trainer.evaluate(run_dir, split="test",
+                                 which=_kept_checkpoint(run_dir)))
   keys = [k_ for k_ in rows[0] if isinstance(rows[0][k_], float)
           and k_ != "eval_seconds"]
-  lines = ["fold  " + "  ".join(f"{k_:>12s}" for k_ in keys)]
+  width = max(4, len(label))
+  lines = [f"{label:>{width}s}  " + "  ".join(f"{k_:>12s}" for k_ in keys)]
   for i, r in enumerate(rows):
-    lines.append(f"{i:4d}  " + "  ".join(f"{r[k_]:12.5g}" for k_ in keys))
+    lines.append(f"{i:{width}d}  " + "  ".join(f"{r[k_]:12.5g}"
+                                               for k_ in keys))
   summary = {}
   for k_ in keys:
     vals = np.array([r[k_] for r in rows])
     summary[k_] = {"mean": float(vals.mean()), "std": float(vals.std())}
-  lines.append("mean  " + "  ".join(f"{summary[k_]['mean']:12.5g}"
-                                    for k_ in keys))
-  lines.append(" std  " + "  ".join(f"{summary[k_]['std']:12.5g}"
-                                    for k_ in keys))
+  for name in ("mean", "std"):
+    lines.append(f"{name:>{width}s}  " + "  ".join(
+        f"{summary[k_][name]:12.5g}" for k_ in keys))
   table = "\n".join(lines)
   print(table)
-  with open(os.path.join(workdir, "cv_results.json"), "w") as f:
-    json.dump({"folds": rows, "summary": summary}, f, indent=2)
+  with open(os.path.join(workdir, out_name), "w") as f:
+    json.dump({key: rows, "summary": summary}, f, indent=2)
   return summary
 
 
@@ -173,6 +212,8 @@ def main(argv):
   def run():
     if config.data.get("cv_folds", 0) and int(config.data.cv_folds) > 1:
       run_cross_validation(config, _WORKDIR.value)
+    elif int(config.train.get("repeats", 0) or 0) > 1:
+      run_repeats(config, _WORKDIR.value)
     else:
       metrics = trainer.train(config, _WORKDIR.value)
       print(json.dumps({"final_val": metrics}, default=float))

@@ -56,6 +56,11 @@ def test_holdout_and_kfold_splits():
   tests_ = []
   for fold in range(3):
     c.data.fold = fold
+    # Reference: train on all the other folds, no validation set.
+    c.data.cv_val_fraction = 0.0
+    ref = tasks.split_indices(100, c.data)
+    assert len(ref["val"]) == 0 and len(ref["train"]) + len(ref["test"]) == 100
+    c.data.cv_val_fraction = 0.05
     s = tasks.split_indices(100, c.data)
     parts = [set(s[k].tolist()) for k in ("train", "val", "test")]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or
@@ -63,6 +68,7 @@ def test_holdout_and_kfold_splits():
     assert set.union(*parts) == set(range(100))
     # val is cv_val_fraction of the training folds, never the test fold.
     assert len(s["val"]) == round(0.05 * (100 - len(s["test"])))
+    np.testing.assert_array_equal(s["test"], ref["test"])
     tests_.append(parts[2])
   assert set.union(*tests_) == set(range(100))
   assert sum(len(t) for t in tests_) == 100
@@ -226,7 +232,7 @@ def trained_run(pt_folder, tmp_path_factory):
   return workdir
 
 
-def _check_outputs(workdir, sizes):
+def _check_outputs(workdir, sizes, checkpoint="best"):
   """The files the training CLI leaves in ``workdir`` (crystal.outputs), with
   ``sizes[split]`` rows each; returns {split: (csv rows, metrics)}."""
   res = {}
@@ -240,7 +246,7 @@ def _check_outputs(workdir, sizes):
                                np.abs(pred - true), rtol=1e-9)
     with open(os.path.join(workdir, f"metrics_{split}.json")) as f:
       metrics = json.load(f)
-    assert metrics["n"] == n and metrics["checkpoint"] == "best"
+    assert metrics["n"] == n and metrics["checkpoint"] == checkpoint
     assert metrics["mae"] == pytest.approx(np.mean(np.abs(pred - true)))
     assert metrics["mse"] == pytest.approx(np.mean((pred - true) ** 2))
     with open(os.path.join(workdir, f"parity_{split}.png"), "rb") as f:
@@ -477,6 +483,96 @@ def test_cross_validation_prints_table(pt_folder, tmp_path, capsys):
     fold_dir = str(tmp_path / "cv" / f"fold_{k}")
     with open(os.path.join(fold_dir, "config.json")) as f:
       assert json.load(f)["data"]["fold"] == k
-    # Every fold leaves its outputs: 15 test samples, 14 train + 1 val.
-    out = _check_outputs(fold_dir, {"val": 1, "test": 15})
+    # Every fold leaves its outputs: 15 test samples; as the reference,
+    # the 15 others all train (no validation set) and the last epoch is kept.
+    out = _check_outputs(fold_dir, {"test": 15}, checkpoint="latest")
+    assert not os.path.exists(os.path.join(fold_dir, "predictions_val.csv"))
     assert out["test"][1]["mae"] == pytest.approx(maes[k], rel=1e-5)
+
+
+def test_repeats_print_a_mean_std_table(pt_folder, tmp_path, capsys):
+  from noisy_nodes import train as train_cli  # pylint: disable=g-import-not-at-top
+  c = _config("cgcnn", "tiny", tmp_path / "cache", path=pt_folder)
+  c.train.update(num_steps=2, eval_every=2, checkpoint_every=2, log_every=2,
+                 repeats=2, write_outputs=False)
+  summary = train_cli.run_repeats(c, str(tmp_path / "rep"))
+  assert "repeat" in capsys.readouterr().out
+  with open(tmp_path / "rep" / "repeat_results.json") as f:
+    maes = [r["mae"] for r in json.load(f)["repeats"]]
+  assert len(maes) == 2 and maes[0] != maes[1]      # two training seeds
+  assert summary["mae"]["mean"] == pytest.approx(np.mean(maes))
+  assert summary["mae"]["std"] == pytest.approx(np.std(maes))
+  for k in range(2):
+    with open(tmp_path / "rep" / f"repeat_{k}" / "config.json") as f:
+      assert json.load(f)["train"]["seed"] == k
+
+
+def test_db_format_and_target_index(tmp_path):
+  from crystal import io as io_lib  # pylint: disable=g-import-not-at-top
+  structures = generators.pt10_clusters(5, seed=4)
+  for i, s in enumerate(structures):
+    s.targets["target"] = np.array([float(s.targets["target"][0]), 10.0 + i])
+  folder = str(tmp_path / "db")
+  io_lib.write_db_folder(folder, structures)
+  assert io_lib.infer_format(folder) == "db"
+  for index, col in ((0, 0), (1, 1)):
+    c = _config("cgcnn", "tiny", tmp_path / "cache", path=folder,
+                format="db", target_index=index, split=(0.6, 0.2, 0.2))
+    task = tasks.CrystalPropertyTask(c)
+    splits = task.load_splits()
+    got = {s.id: s for k in ("train", "val", "test") for s in splits[k]}
+    assert task.num_targets == 1 and len(got) == 5
+    for s in structures:          # row k of targets.csv labels db row k
+      np.testing.assert_allclose(got[s.id].positions, s.positions)
+      assert got[s.id].targets["target"][0] == s.targets["target"][col]
+  with open(os.path.join(folder, "targets.csv"), "a") as f:
+    f.write("extra,1.0,2.0\n")
+  with pytest.raises(DataError, match="6 rows but"):
+    io_lib.read_dataset_folder(folder, format="db")
+  with pytest.raises(DataError, match="target_index=2"):
+    _load(_config("cgcnn", "tiny", tmp_path / "cache", path=pt_folder_of(
+        tmp_path, structures), target_index=2))
+
+
+def pt_folder_of(tmp_path, structures):
+  folder = str(tmp_path / "mdl")
+  write_matdeeplearn_folder(folder, structures)
+  return folder
+
+
+def _load(config):
+  return tasks.CrystalPropertyTask(config).load_splits()
+
+
+def test_output_bias_starts_at_the_training_mean(pt_folder, tmp_path):
+  for norm in (False, True):
+    c = _config("deeper_gatgnn", "tiny", tmp_path / "cache", path=pt_folder,
+                normalize_targets=norm)
+    c.model.output_init = "mean_predictor"
+    task = tasks.CrystalPropertyTask(c)
+    splits = task.load_splits()
+    task.setup(splits["train"])
+    g = task.featurize(splits["train"][0], None, False)
+    params, _ = hk.transform_with_state(task.model).init(
+        jax.random.PRNGKey(0), g, True)
+    mean = np.mean([s.targets["target"][0] for s in splits["train"]])
+    bias = float(params["gatgnn/head/out"]["b"][0])
+    assert bias == pytest.approx(0.0 if norm else mean, abs=1e-5)
+    assert not np.any(params["gatgnn/head/out"]["w"])   # the mean predictor
+
+
+def test_analysis_writes_embeddings_and_tsne(trained_run, tmp_path):
+  from crystal import analysis  # pylint: disable=g-import-not-at-top
+  paths = analysis.analyse(trained_run, str(tmp_path / "an"))
+  data = np.load(paths["npz"])
+  n = len(data["ids"])
+  assert n == 30 and data["embedding"].shape == (n, 16)   # tiny: dim 16
+  assert data["tsne"].shape == (n, 2) and np.all(np.isfinite(data["tsne"]))
+  assert set(data["split"]) == {"train", "val", "test"}
+  rows = _read_csv(os.path.join(trained_run, "predictions_test.csv"))
+  test = {i: p for i, p, s in zip(data["ids"], data["prediction"][:, 0],
+                                  data["split"]) if s == "test"}
+  for r in rows:       # the same model and checkpoint as the run's outputs
+    assert test[r["id"]] == pytest.approx(float(r["prediction"]), abs=1e-4)
+  with open(paths["png"], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"

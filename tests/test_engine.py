@@ -177,3 +177,36 @@ def test_cpu_compiler_options_keep_results_and_can_be_turned_off(monkeypatch):
   for got, want in zip(jax.jit(grad, compiler_options=opts)(x, w),
                        jax.jit(grad)(x, w)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_plateau_steps_on_the_training_error(tmp_path, monkeypatch):
+  """monitor='train' (the DeeperGATGNN reference): each evaluation feeds
+  ReduceLROnPlateau the graph-weighted mean training loss of the steps since
+  the previous one, never the validation metric, with the configured
+  threshold."""
+  from noisy_nodes.engine import optim  # pylint: disable=g-import-not-at-top
+  seen = []
+  update = optim.Plateau.update
+
+  def record(self, value, base_lr):
+    seen.append((value, self.threshold))
+    return update(self, value, base_lr)
+  monkeypatch.setattr(optim.Plateau, "update", record)
+  c = toy_config.get_config()
+  c.optim.plateau.update(enabled=True, monitor="train", threshold=2e-4)
+  c.train.update(num_steps=8, log_every=1, eval_every=4, checkpoint_every=8)
+  workdir = str(tmp_path / "run")
+  trainer.train(c, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  train = [r for r in rows if r["split"] == "train"]
+  val = [r for r in rows if r["split"] == "val"]
+  graphs = np.array([r["util_graphs"] for r in train]) * c.batch.max_graphs
+  loss = np.array([r["loss"] for r in train])
+  want = [np.sum((loss * graphs)[k:k + 4]) / np.sum(graphs[k:k + 4])
+          for k in (0, 4)]
+  assert [t for _, t in seen] == [2e-4, 2e-4]
+  np.testing.assert_allclose([v for v, _ in seen], want, rtol=1e-5)
+  assert len(val) == 2         # not a validation metric
+  assert all(all(abs(v - x) > 1e-9 for x in r.values()
+                 if isinstance(x, float)) for (v, _), r in zip(seen, val))

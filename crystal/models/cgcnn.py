@@ -1,13 +1,16 @@
-"""CGCNN (Xie & Grossman 2018) and DeeperCGCNN, MatDeepLearn preset.
+"""CGCNN (Xie & Grossman 2018) and DeeperCGCNN, as in the reference.
 
-Convolution (PyG ``CGConv``, as the reference uses it): for an edge j -> i,
+Convolution (PyG ``CGConv``, as MatDeepLearn uses it): for an edge j -> i,
 z_ij = [x_i ‖ x_j ‖ e_ij] and
   x_i' = x_i + agg_j sigmoid(z_ij W_f + b_f) ⊙ softplus(z_ij W_s + b_s)
-with ``aggregation`` 'mean' (reference) or 'sum' (original CGCNN). With
-``gate_norm`` the gate pre-activations are batch-normalised first (Xie's
-original layer, as in CrysGNN). The stack: pre-FC Linear + act; L x [CGConv
--> BatchNorm (DGN if deeper) -> (+ previous if deeper) -> dropout]; mean pool;
-post-FC layers; Linear -> T.
+with ``aggregation`` 'mean' (reference) or 'sum' (original CGCNN), over the
+atoms whose neighbour lists hold i (``aggregate_at='neighbor'``, PyG's
+``edge_index[1]``; reference) or over i's own neighbours ('center',
+original CGCNN). With ``gate_norm`` the gate pre-activations are
+batch-normalised first (Xie's original layer, as in CrysGNN). The rest of
+the network is ``skeleton.CrystalModel``: pre-FC Linear + act; L x [CGConv ->
+BatchNorm (DGN if deeper) -> (+ previous if deeper) -> dropout]; mean pool;
+post-FC; Linear -> T.
 """
 from __future__ import annotations
 
@@ -16,11 +19,16 @@ from typing import Optional
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import jraph
 
 from noisy_nodes import nn as nn_lib
-from crystal.models import pooling
-from crystal.models import stack
+from crystal.models import skeleton
+
+# MatDeepLearn config.yml CGCNN_demo (dim1 100, dim2 150, gc_count 4,
+# post_fc_count 3, global_mean_pool, relu, AdamW 0.002); SUPER_CGCNN: 10.
+PRESET = dict(dim=100, num_layers=4, post_fc_layers=3, post_fc_dim=150,
+              pool="mean", activation="relu", dropout_rate=0.0)
+DEEPER = dict(num_layers=10)
+LEARNING_RATE = 0.002
 
 
 class CGConv(hk.Module):
@@ -35,7 +43,7 @@ class CGConv(hk.Module):
     self.gate_norm = gate_norm
 
   def __call__(self, x, e, senders, receivers, edge_mask, is_training):
-    """x [N, D], e [E, F_e] -> [N, D]."""
+    """x [N, D], e [E, F_e] -> [N, D]; messages senders -> receivers."""
     n, d = x.shape
     z = jnp.concatenate([x[receivers], x[senders], e], axis=-1)
     gates = hk.Linear(2 * d, name="lin_fs")(z)                  # [E, 2D]
@@ -51,49 +59,20 @@ class CGConv(hk.Module):
     return x + agg
 
 
-class CGCNN(hk.Module):
+class CGCNN(skeleton.CrystalModel):
   """CGCNN / DeeperCGCNN; ``model(graph, is_training) -> dict``."""
 
-  def __init__(self, num_targets: int = 1, dim: int = 100,
-               num_layers: int = 4, post_fc_layers: int = 3,
-               pool: str = "mean", activation: str = "relu",
-               dropout_rate: float = 0.0, deeper: bool = False,
-               norm: Optional[str] = None, residual: Optional[bool] = None,
-               aggregation: str = "mean", gate_norm: bool = False,
-               remat: bool = False,
-               name: Optional[str] = None):
-    super().__init__(name=name)
-    self.remat = remat
-    self.num_targets = num_targets
-    self.dim = dim
-    self.num_layers = num_layers
-    self.post_fc_layers = post_fc_layers
-    self.pool = pool
-    self.activation = activation
-    self.dropout_rate = dropout_rate
-    self.norm = stack.norm_kind(deeper, norm)
-    self.residual = deeper if residual is None else residual
+  def __init__(self, num_targets: int = 1, *, aggregation: str = "mean",
+               gate_norm: bool = False, aggregate_at: str = "neighbor",
+               **kwargs):
+    kwargs = {**PRESET, **kwargs}
+    super().__init__(num_targets, **kwargs)
     self.aggregation = aggregation
     self.gate_norm = gate_norm
+    self.aggregate_at = aggregate_at
 
-  def __call__(self, graph: jraph.GraphsTuple, is_training: bool) -> dict:
-    g = stack.read_graph(graph)
-    act = nn_lib.get_activation(self.activation)
-    x = act(hk.Linear(self.dim, name="pre_fc_node")(g.nodes))
-
-    def layer(h, index):
-      del index
-      h = CGConv(self.aggregation, self.gate_norm, name="cgconv")(
-          h, g.edges, g.senders, g.receivers, g.edge_mask, is_training)
-      h = stack.make_norm(self.norm, "norm")(h, g.node_mask, is_training)
-      return h, None
-
-    x, _ = stack.scanned_stack(layer, x, self.num_layers,
-                               residual=self.residual,
-                               dropout_rate=self.dropout_rate,
-                               is_training=is_training, remat=self.remat)
-    pooled = pooling.pool_nodes(x, g.node_graph, g.num_graphs, g.node_mask,
-                                self.pool)
-    out = stack.output_head(pooled, [self.dim] * self.post_fc_layers,
-                            self.num_targets, self.activation)
-    return {"graph": out, "node_embedding": x}
+  @hk.transparent
+  def conv(self, h, g, ctx, is_training, first=False):
+    src, dst = skeleton.message_flow(g, self.aggregate_at)
+    return CGConv(self.aggregation, self.gate_norm, name="cgconv")(
+        h, g.edges, src, dst, g.edge_mask, is_training), None

@@ -5,7 +5,8 @@ Architecture (DeeperGATGNN paper Fig. 1, reference ``DEEP_GATGNN``):
   x = leaky_relu_0.2(Linear(node features)),  e = leaky_relu_0.2(Linear(edge
   features));  L x [AGAT -> DiffGroupNorm -> + previous output -> dropout];
   global attention pooling with the composition vector (eq. 2);
-  post-FC (Linear + act) -> Linear -> T outputs.
+  Linear -> T outputs (the reference's post_fc_count 0). The network around
+  AGAT is ``skeleton.CrystalModel``.
 
 ``deeper=False`` gives plain GATGNN: BatchNorm instead of DGN and no skip.
 Edge features are not updated by the layers.
@@ -17,12 +18,12 @@ from typing import Optional
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import jraph
 from jax.ad_checkpoint import checkpoint_name
 
 from noisy_nodes import nn as nn_lib
 from crystal.models import agat_cpu
 from crystal.models import pooling
+from crystal.models import skeleton
 from crystal.models import stack
 
 _GLOROT = hk.initializers.VarianceScaling(1.0, "fan_avg", "uniform")
@@ -216,41 +217,32 @@ _FUSED = None  # tests and benchmarks: force the kernels on/off
 _REMAT_SAVED = ("agat_both", "agat_messages")
 
 
-class GATGNN(hk.Module):
+class GATGNN(skeleton.CrystalModel):
   """DeeperGATGNN (``deeper=True``, default) or plain GATGNN.
 
   Call ``model(graph, is_training)`` on a padded batch; returns
-  ``{'graph': [G, T], 'node_embedding': [N, dim], 'attention_pool': [N]}``
-  and, with ``output_attention``, ``'attention': [L, E, heads]``.
+  ``{'graph': [G, T], 'node_embedding': [N, dim], 'pooled':
+  [G, dim], 'attention_pool': [N]}`` and, with ``output_attention``,
+  ``'attention': [L, E, heads]``.
   """
 
-  def __init__(self, num_targets: int = 1, dim: int = 64,
-               num_layers: int = 20, heads: int = 4,
-               activation: str = "softplus", dropout_rate: float = 0.0,
-               deeper: bool = True, norm: Optional[str] = None,
-               residual: Optional[bool] = None, post_fc_layers: int = 1,
-               global_fc_layers: int = 2, dgn_groups: int = 10,
-               dgn_lamda: float = 0.01, output_attention: bool = False,
-               remat: bool = False,
-               name: Optional[str] = None):
-    super().__init__(name=name)
-    self.remat = remat
-    self.num_targets = num_targets
-    self.dim = dim
-    self.num_layers = num_layers
+  remat_saved = _REMAT_SAVED
+  aux_name = "attention"
+
+  def __init__(self, num_targets: int = 1, *, heads: int = 4,
+               global_fc_layers: int = 2, output_attention: bool = False,
+               deeper: bool = True, **kwargs):
+    kwargs = {**{k: v for k, v in presets(deeper).items()
+                 if k not in ("heads", "global_fc_layers", "deeper")},
+              **kwargs}
+    super().__init__(num_targets, deeper=deeper, **kwargs)
     self.heads = heads
-    self.activation = activation
-    self.dropout_rate = dropout_rate
-    self.norm = stack.norm_kind(deeper, norm)
-    self.residual = deeper if residual is None else residual
-    self.post_fc_layers = post_fc_layers
     self.global_fc_layers = global_fc_layers
-    self.dgn_groups = dgn_groups
-    self.dgn_lamda = dgn_lamda
     self.output_attention = output_attention
 
-  def __call__(self, graph: jraph.GraphsTuple, is_training: bool) -> dict:
-    g = stack.read_graph(graph)
+  @hk.transparent
+  def prepare(self, g, is_training):
+    del is_training
     if g.composition is None:
       raise ValueError("GATGNN needs graph.globals['composition'] [G, C] "
                        "for its global attention")
@@ -263,28 +255,41 @@ class GATGNN(hk.Module):
       self_rows = g.reverse == jnp.arange(g.reverse.shape[0])
       edges = g.edges[:g.edges.shape[0] // 2]                     # E even
     e = leaky(hk.Linear(self.dim, name="pre_fc_edge")(edges))
+    return x, (e, self_rows)
 
-    def layer(h, index):
-      del index
-      h, alpha = AGATLayer(self.dim, self.heads, self.activation,
-                           self.dropout_rate, name="agat")(
-                               h, e, g.senders, g.receivers, g.edge_mask,
-                               is_training, self_rows)
-      h = stack.make_norm(self.norm, "norm", self.dgn_groups,
-                          self.dgn_lamda)(h, g.node_mask, is_training)
-      return h, (alpha if self.output_attention else None)
+  @hk.transparent
+  def conv(self, h, g, ctx, is_training, first=False):
+    e, self_rows = ctx
+    h, alpha = AGATLayer(self.dim, self.heads, self.activation,
+                         self.dropout_rate, name="agat")(
+                             h, e, g.senders, g.receivers, g.edge_mask,
+                             is_training, self_rows)
+    return h, (alpha if self.output_attention else None)
 
-    x, alphas = stack.scanned_stack(
-        layer, x, self.num_layers, residual=self.residual,
-        dropout_rate=self.dropout_rate, is_training=is_training,
-        remat=self.remat, remat_saved=_REMAT_SAVED)
+  @hk.transparent
+  def readout(self, x, g, ctx):
     pooled, weights = pooling.GlobalAttentionPool(
         self.dim, self.global_fc_layers, self.activation,
         name="global_attention")(x, g.composition, g.node_graph,
                                  g.num_graphs, g.node_mask)
-    out = stack.output_head(pooled, [self.dim] * self.post_fc_layers,
-                            self.num_targets, self.activation)
-    result = {"graph": out, "node_embedding": x, "attention_pool": weights}
-    if self.output_attention:
-      result["attention"] = alphas
-    return result
+    return pooled, {"attention_pool": weights}
+
+
+def presets(deeper: bool = True) -> dict:
+  """The reference's DEEP_GATGNN_demo (20 layers) or GATGNN_demo (5).
+
+  config.yml: dim1 64, post_fc_count 0 (Linear(64 -> T) right after the
+  pooling), softplus, global_add_pool of the attention-weighted nodes,
+  AdamW 0.005. ``remat`` only trades memory for compute (the same maths).
+  """
+  return dict(dim=64, num_layers=20 if deeper else 5, heads=4,
+              activation="softplus", dropout_rate=0.0, deeper=deeper,
+              post_fc_layers=0, global_fc_layers=2, dgn_groups=10,
+              dgn_lamda=0.01,
+              # Rematerialising each AGAT layer keeps [N, D] per layer
+              # instead of several [E, 4·D] edge arrays: half the memory
+              # and faster on CPU (benchmarks/crystal_bench.py).
+              remat=True)
+
+
+LEARNING_RATE = 0.005

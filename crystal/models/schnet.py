@@ -1,12 +1,15 @@
-"""SchNet (Schütt et al. 2018) and DeeperSchNet, MatDeepLearn preset.
+"""SchNet (Schütt et al. 2018) and DeeperSchNet, as in the reference.
 
 Interaction block (PyG ``InteractionBlock``): continuous-filter convolution
-with filters from the Gaussian edge features, smoothed by a cosine cutoff,
+with filters from the Gaussian edge features, smoothed by a cosine cutoff on
+the raw distance (Å),
   W_ij = (Linear ∘ ssp ∘ Linear)(e_ij) · ½(cos(π d_ij / r_c) + 1)
   v_i = Linear_2( Σ_j Linear_1(x_j) ⊙ W_ij ),  block(x) = Linear(ssp(v))
-then x' = x + block(x) (SchNet's own residual). The stack: pre-FC; L x [x +
-block -> BatchNorm (DGN if deeper) -> (+ previous if deeper) -> dropout];
-pool (max in the preset); post-FC; Linear -> T.
+summed at PyG's ``edge_index[1]`` (``aggregate_at='neighbor'``, reference;
+``skeleton.message_flow``), then x' = x + block(x) (SchNet's own residual).
+The rest is ``skeleton.CrystalModel``: pre-FC; L x [x + block -> BatchNorm
+(DGN if deeper) -> (+ previous if deeper) -> dropout]; max pool; post-FC;
+Linear -> T.
 """
 from __future__ import annotations
 
@@ -15,11 +18,18 @@ from typing import Optional
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import jraph
 
 from noisy_nodes import nn as nn_lib
-from crystal.models import pooling
-from crystal.models import stack
+from crystal.models import skeleton
+
+# MatDeepLearn config.yml SchNet_demo (dim1 100, dim2 100, dim3 = 150
+# filters, cutoff 8, gc_count 4, post_fc_count 3, global_max_pool, relu,
+# AdamW 0.0005); SUPER_SchNet: 10 layers.
+PRESET = dict(dim=100, num_layers=4, post_fc_layers=3, post_fc_dim=100,
+              num_filters=150, cutoff=8.0, pool="max", activation="relu",
+              dropout_rate=0.0)
+DEEPER = dict(num_layers=10)
+LEARNING_RATE = 0.0005
 
 
 def cosine_cutoff(d: jnp.ndarray, cutoff: float) -> jnp.ndarray:
@@ -38,6 +48,7 @@ class InteractionBlock(hk.Module):
     self.cutoff = cutoff
 
   def __call__(self, x, e, distances, senders, receivers, edge_mask):
+    """Messages senders -> receivers, summed at the receivers."""
     n, d = x.shape
     ssp = nn_lib.shifted_softplus
     filt = hk.Linear(self.num_filters, name="filter_0")(e)
@@ -50,56 +61,32 @@ class InteractionBlock(hk.Module):
     return hk.Linear(d, name="dense")(ssp(v))
 
 
-class SchNet(hk.Module):
+class SchNet(skeleton.CrystalModel):
   """SchNet / DeeperSchNet; ``model(graph, is_training) -> dict``.
 
   Needs ``graph.edges['distances']`` (Å, or the same units as ``cutoff``).
   """
 
-  def __init__(self, num_targets: int = 1, dim: int = 100,
-               num_layers: int = 4, post_fc_layers: int = 3,
-               num_filters: Optional[int] = None, cutoff: float = 8.0,
-               pool: str = "max", activation: str = "relu",
-               dropout_rate: float = 0.0, deeper: bool = False,
-               norm: Optional[str] = None, residual: Optional[bool] = None,
-               remat: bool = False,
-               name: Optional[str] = None):
-    super().__init__(name=name)
-    self.remat = remat
-    self.num_targets = num_targets
-    self.dim = dim
-    self.num_layers = num_layers
-    self.post_fc_layers = post_fc_layers
-    self.num_filters = num_filters or dim
+  def __init__(self, num_targets: int = 1, *, num_filters: int = 150,
+               cutoff: float = 8.0, aggregate_at: str = "neighbor",
+               **kwargs):
+    kwargs = {**{k: v for k, v in PRESET.items()
+                 if k not in ("num_filters", "cutoff")}, **kwargs}
+    super().__init__(num_targets, **kwargs)
+    self.num_filters = num_filters
     self.cutoff = cutoff
-    self.pool = pool
-    self.activation = activation
-    self.dropout_rate = dropout_rate
-    self.norm = stack.norm_kind(deeper, norm)
-    self.residual = deeper if residual is None else residual
+    self.aggregate_at = aggregate_at
 
-  def __call__(self, graph: jraph.GraphsTuple, is_training: bool) -> dict:
-    g = stack.read_graph(graph)
+  @hk.transparent
+  def prepare(self, g, is_training):
     if g.distances is None:
       raise ValueError("SchNet needs graph.edges['distances'] for its cutoff")
-    act = nn_lib.get_activation(self.activation)
-    x = act(hk.Linear(self.dim, name="pre_fc_node")(g.nodes))
+    return super().prepare(g, is_training)
 
-    def layer(h, index):
-      del index
-      h = h + InteractionBlock(self.num_filters, self.cutoff,
-                               name="interaction")(
-                                   h, g.edges, g.distances, g.senders,
-                                   g.receivers, g.edge_mask)
-      h = stack.make_norm(self.norm, "norm")(h, g.node_mask, is_training)
-      return h, None
-
-    x, _ = stack.scanned_stack(layer, x, self.num_layers,
-                               residual=self.residual,
-                               dropout_rate=self.dropout_rate,
-                               is_training=is_training, remat=self.remat)
-    pooled = pooling.pool_nodes(x, g.node_graph, g.num_graphs, g.node_mask,
-                                self.pool)
-    out = stack.output_head(pooled, [self.dim] * self.post_fc_layers,
-                            self.num_targets, self.activation)
-    return {"graph": out, "node_embedding": x}
+  @hk.transparent
+  def conv(self, h, g, ctx, is_training, first=False):
+    src, dst = skeleton.message_flow(g, self.aggregate_at)
+    return h + InteractionBlock(self.num_filters, self.cutoff,
+                                name="interaction")(
+                                    h, g.edges, g.distances, src, dst,
+                                    g.edge_mask), None

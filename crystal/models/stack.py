@@ -16,6 +16,7 @@ statistics are carried per layer through the scan.
 
 The module also holds the small pieces every crystal model shares: reading a
 padded ``jraph.GraphsTuple`` (``GraphInputs``) and the post-pooling MLP head.
+The network around the convolutions is ``skeleton.CrystalModel``.
 """
 from __future__ import annotations
 
@@ -179,13 +180,19 @@ def read_graph(graph: jraph.GraphsTuple) -> GraphInputs:
 
 
 def output_head(x: jnp.ndarray, hidden: Sequence[int], num_targets: int,
-                activation: str, name: str = "head") -> jnp.ndarray:
-  """Post-pooling dense layers (Linear + act each) then Linear -> [G, T]."""
+                activation: str, name: str = "head",
+                b_init: Optional[hk.initializers.Initializer] = None,
+                w_init: Optional[hk.initializers.Initializer] = None
+                ) -> jnp.ndarray:
+  """Post-pooling dense layers (Linear + act each) then Linear -> [G, T]
+  (output weights / bias from ``w_init`` / ``b_init``, Haiku's defaults
+  when None)."""
   act = nn_lib.get_activation(activation)
   with hk.experimental.name_scope(name):
     for i, size in enumerate(hidden):
       x = act(hk.Linear(size, name=f"post_fc_{i}")(x))
-    return nn_lib.ReadoutLinear(num_targets, name="out")(x)
+    return nn_lib.ReadoutLinear(num_targets, w_init=w_init, b_init=b_init,
+                                name="out")(x)
 
 
 def count_params(params) -> int:

@@ -5,7 +5,9 @@
   ``cycle_steps`` (restarting at ``lr``), EMA of parameters with decay
   min(decay, (1 + t) / (10 + t)).
 * DeeperGATGNN reference: AdamW(lr 0.005) with ReduceLROnPlateau(factor 0.8,
-  patience 10, min 1e-5) on the validation loss.
+  patience 10, min 1e-5, threshold 2e-4) stepped once per epoch on the
+  epoch's mean *training* error (``optim.plateau.monitor='train'``; the
+  trainer can also watch the validation metric, ``'val'``).
 
 The learning rate is ``schedule(step) * scale`` where ``scale`` is a scalar in
 the optimiser state set by the host-side ``Plateau`` controller after each
@@ -128,7 +130,8 @@ class Plateau:
 
   After ``patience`` evaluations without improving on the best value by more
   than ``threshold`` (relative), the scale is multiplied by ``factor``, never
-  taking the learning rate under ``min_lr``.
+  taking the learning rate under ``min_lr``. The trainer calls ``update`` with the
+  monitored value (``trainer.plateau_monitor``).
   """
   factor: float = 0.8
   patience: int = 10

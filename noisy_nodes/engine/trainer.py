@@ -325,6 +325,21 @@ def _any_process(received: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.int32(received))))
 
 
+def plateau_monitor(config) -> str:
+  """What ReduceLROnPlateau watches: ``optim.plateau.monitor``.
+
+  'train': the mean training loss over the steps since the last evaluation
+  (the DeeperGATGNN reference steps its scheduler on the epoch's training
+  error); 'val' (default): the task's validation selection metric.
+  """
+  p = config.optim.get("plateau", None) or {}
+  monitor = str(p.get("monitor", "val"))
+  if monitor not in ("train", "val"):
+    raise ValueError(f"optim.plateau.monitor must be 'train' or 'val', got "
+                     f"{monitor!r}")
+  return monitor
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) the experiment described by ``config`` in ``workdir``.
 
@@ -365,7 +380,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       "enabled", False):
     p = config.optim.plateau
     plateau = optim.Plateau(factor=p.factor, patience=p.patience,
-                            min_lr=p.min_lr)
+                            min_lr=p.min_lr,
+                            threshold=float(p.get("threshold", 1e-4)))
+  monitor = plateau_monitor(config)
+  # Training loss since the last plateau step, weighted by graphs (the
+  # reference's epoch-mean training error); checkpointed for exact resume.
+  epoch_loss = {"sum": 0.0, "graphs": 0}
   best_value = None
   position = None  # start of epoch 0 on every device
   resume_step = ckpt.latest_step()
@@ -385,6 +405,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       plateau = optim.Plateau(**meta["plateau"])
     best_value = meta.get("best_value")
     ckpt.set_aside(ckpt.skipped)  # so that this run can write them again
+    epoch_loss.update(meta.get("plateau_train_loss") or {})
     logging.info("resuming from step %d (data epoch %d, sample %d on device "
                  "0)", resume_step, position[0].epoch, position[0].cursor)
   # Accepted: from here on the run writes to its workdir.
@@ -407,6 +428,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     positions = position or [batching.DataPosition()] * exp.num_local
     meta = _meta(exp, _gather_positions(positions), plateau, best_value,
                  budget, step)
+    meta["plateau_train_loss"] = dict(epoch_loss)
     ckpt.save(step, ts, meta, which)
 
   val_names = exp.validation_splits()
@@ -436,10 +458,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     if value is not None and (best_value is None or value < best_value):
       best_value = float(value)
       save("best")
-    if plateau is not None and value is not None:
+    if monitor == "val" and value is not None:
+      step_plateau(value)
+    return metrics
+
+  def step_plateau(value):
+    nonlocal ts
+    if plateau is not None:
       ts = ts._replace(opt_state=optim.set_lr_scale(
           ts.opt_state, plateau.update(float(value), float(config.optim.lr))))
-    return metrics
+
+  def step_plateau_on_train():
+    if monitor == "train" and epoch_loss["graphs"]:
+      step_plateau(epoch_loss["sum"] / epoch_loss["graphs"])
+    epoch_loss.update(sum=0.0, graphs=0)
 
   batches = batching.Prefetcher(stream.iterate(position),
                                 int(config.batch.get("prefetch", 2)))
@@ -469,6 +501,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                                "train.skip_nonfinite=True to skip such steps.")
         logging.warning(msg)
       window["graphs"] += batch.num_graphs
+      if metrics["finite"]:
+        epoch_loss["sum"] += float(metrics["loss"]) * batch.num_graphs
+        epoch_loss["graphs"] += batch.num_graphs
       window["n"] += 1
       for k, v in metrics.items():
         window["sums"][k] = window["sums"].get(k, 0.0) + float(v)
@@ -489,6 +524,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
         window = {"graphs": 0, "t": time.time(), "sums": {}, "n": 0}
       if tc.get("eval_every", 0) and step % int(tc.eval_every) == 0:
         val_metrics = run_eval()
+        step_plateau_on_train()
       if step % int(tc.checkpoint_every) == 0:
         save()
       if _any_process(flag.received is not None):
