@@ -29,16 +29,20 @@ import noisy_nodes  # noqa: F401  (jraph compatibility shim)
 from noisy_nodes import plots
 from noisy_nodes.structures import DataError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "the trained run")
-_SPLITS = flags.DEFINE_list("splits", ["train", "val", "test"],
-                            "splits to embed")
-_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
-                                "checkpoint to restore (latest when the run "
-                                "kept no best)")
-_OUT = flags.DEFINE_string("out", None, "output folder (default "
-                           "WORKDIR/analysis)")
-_PERPLEXITY = flags.DEFINE_float("perplexity", 30.0, "t-SNE perplexity "
-                                 "(capped below the number of crystals)")
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """The CLI's flags, defined only when run as a script (so importing this
+  module next to ``noisy_nodes.train``, which has a ``--workdir`` too, is
+  fine)."""
+  flags.DEFINE_string("workdir", None, "the trained run")
+  flags.DEFINE_list("splits", ["train", "val", "test"], "splits to embed")
+  flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                    "checkpoint to restore (latest when the run kept no best)")
+  flags.DEFINE_string("out", None, "output folder (default WORKDIR/analysis)")
+  flags.DEFINE_float("perplexity", 30.0, "t-SNE perplexity (capped below the "
+                     "number of crystals)")
 
 
 def embed_run(workdir: str, splits: Sequence[str] = ("train", "val", "test"),
@@ -128,11 +132,11 @@ def analyse(workdir: str, out_dir: str = "", splits=("train", "val", "test"),
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
   try:
-    paths = analyse(_WORKDIR.value, _OUT.value or "", _SPLITS.value,
-                    _CHECKPOINT.value, _PERPLEXITY.value)
+    paths = analyse(FLAGS.workdir, FLAGS.out or "", FLAGS.splits,
+                    FLAGS.checkpoint, FLAGS.perplexity)
   except DataError as e:
     print(f"error: bad input: {e}", flush=True)
     raise SystemExit(2) from e
@@ -140,4 +144,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
