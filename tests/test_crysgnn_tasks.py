@@ -335,7 +335,9 @@ def test_every_student_distils(student, teacher_dir, student_cache):
 
   opt_state = opt.init(params)
   history = []
-  for _ in range(10):
+  # The reference's plain MEGNet (no skip inside φ, zeros(3) global input)
+  # distils more slowly than the others at width 16.
+  for _ in range(20 if student == "megnet" else 10):
     params, state, opt_state, loss_kd = step(params, state, opt_state)
     history.append(float(loss_kd))
   assert np.all(np.isfinite(history))
