@@ -66,6 +66,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.task = "crysgnn_pretrain"
   c.data = dict(
       path="",
+      # A structure file of data.path that cannot be read or validated is an
+      # error naming it; True skips it and lists it in data_report.json.
+      skip_invalid=False,
       cache_dir=os.path.expanduser("~/.cache/noisy_nodes/crysgnn"),
       # Generated corpus (crystal.crysgnn.corpus) when path is empty; with a
       # path, ``extra`` generated crystals are added to the user's.

@@ -423,3 +423,24 @@ def test_benchmark_shape_folders(variant, tmp_path):
     cfg.data.split_sizes = (60000, 5000, 4239)
     with pytest.raises(DataError, match="69239"):
       crystal_tasks.CrystalPropertyTask(cfg).load_splits()
+
+
+def test_unreadable_input_file_is_an_error_or_skipped(tmp_path):
+  """A structure file of data.path the corpus cannot use names the file
+  (exit 2 through the CLI), or is skipped and listed under skip_invalid."""
+  import ase.io  # pylint: disable=g-import-not-at-top
+  d = tmp_path / "inputs"
+  d.mkdir()
+  ase.io.write(str(d / "nacl.cif"), bulk("NaCl", "rocksalt", a=5.64))
+  ase.io.write(str(d / "cu.cif"), bulk("Cu", "fcc", a=3.6))
+  (d / "broken.cif").write_text("data_x\n_cell_length_a oops\n")
+  cfg = crysgnn_pretrain.get_config("tiny")
+  cfg.data.update(path=str(d), cache_dir=str(tmp_path / "cache"))
+  # Nothing generated (extra=0); the mix only decides what is preloaded.
+  cfg.data.corpus.update(extra=0, workers=1, mix=(0, 0, 1, 0))
+  with pytest.raises(DataError, match=r"broken\.cif: .*skip_invalid"):
+    tasks.CrysGNNPretrainTask(cfg).corpus()
+  cfg.data.skip_invalid = True
+  task = tasks.CrysGNNPretrainTask(cfg)
+  assert len(task.corpus()) == 2
+  assert len(task.skipped) == 1 and "broken.cif" in task.skipped[0]

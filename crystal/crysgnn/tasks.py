@@ -230,7 +230,39 @@ class CrysGNNPretrainTask(Task):
         if c["count"]:
           return load_structures(os.path.join(root, c["path"]))[:8]
       return []
+    self._check_input_failures(manifest)
     return corpus_lib.load_corpus(manifest)
+
+  def _check_input_failures(self, manifest: str):
+    """The user's structure files that the corpus build could not use.
+
+    Generated items that fail (a pyxtal request with no solution, a timeout)
+    are retried by design and only recorded in the manifest. A file the user
+    gave is different: unreadable or invalid, it is a ``DataError`` naming it,
+    unless ``data.skip_invalid``, which skips it and lists it in
+    DIR/data_report.json. Files over ``data.max_atoms`` are the configured cap
+    (the connectivity block size), not a fault: they are listed there too,
+    with a warning.
+    """
+    with open(manifest) as f:
+      failures = [x for x in json.load(f).get("failures", [])
+                  if x.get("source") == "file"]
+    too_big = [x for x in failures if "> max_atoms=" in x["error"]]
+    bad = [x for x in failures if x not in too_big]
+    if bad and not bool(self.config.data.get("skip_invalid", False)):
+      x = bad[0]
+      more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+      error = x["error"].split(": ", 1)[-1] if x["error"].startswith(
+          "DataError") else x["error"]
+      if error.startswith(x["item"] + ": "):
+        error = error[len(x["item"]) + 2:]
+      raise DataError(x["item"], f"{error}{more}; "
+                      "--config.data.skip_invalid=True skips such files")
+    if too_big:
+      logging.warning("%d input structures over data.max_atoms=%d left out "
+                      "(listed in data_report.json)", len(too_big),
+                      self.max_atoms)
+    self.skipped.extend(f"{x['item']}: {x['error']}" for x in bad + too_big)
 
   def load_splits(self) -> Dict[str, List[Structure]]:
     d = self.config.data
