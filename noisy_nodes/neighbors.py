@@ -106,13 +106,9 @@ def neighbor_list(positions, cell, pbc, cutoff: float,
     e = _empty()
   else:
     e = _search(positions, cell, pbc, cutoff, sample)
-    vectors = np.stack([positions[:, k][e[1]] - positions[:, k][e[0]]
-                        for k in range(3)], axis=1) + e[2] @ cell
-    dist = np.sqrt(vectors[:, 0] * vectors[:, 0] + vectors[:, 1] * vectors[:, 1]
-                   + vectors[:, 2] * vectors[:, 2])
-    keep = dist <= cutoff
-    e = _take((*e, vectors, dist), keep)
-    e = _take(e, _edge_order(*e))
+    # The inclusive cutoff and the edge order in one gather of the rows.
+    keep = np.flatnonzero(e[4] <= cutoff)
+    e = _take(e, keep[_edge_order(*_take(e, keep))])
     if minimum_image:
       pair = e[1].astype(np.int64) * n + e[0]
       _, first = np.unique(pair, return_index=True)
@@ -185,7 +181,8 @@ def _complete_cell(cell, pbc, sample):
 
 # -- search --------------------------------------------------------------------
 def _search(positions, cell, pbc, cutoff, sample):
-  """Candidate edges (senders, receivers, shifts) with distance ~<= cutoff.
+  """Candidate edges (senders, receivers, shifts, vectors, distances) with
+  distance ~<= cutoff.
 
   The search itself is vesin's (a cell list in C++, ~3-4x our former numpy
   cell list on OC20-size slabs: benchmarks/neighbors_bench.py). Its pair
@@ -212,13 +209,15 @@ def _search(positions, cell, pbc, cutoff, sample):
   # the cutoff; the exact inclusive test is made by the caller.
   search = vesin.NeighborList(cutoff=cutoff * (1 + 1e-9) + 1e-9,
                               full_list=True)
-  i, j, shifts = search.compute(points=positions, box=cell,
-                                periodic=[bool(p) for p in pbc],
-                                quantities="ijS")
-  i, j, shifts = (i.astype(np.int64), j.astype(np.int64),
-                  shifts.astype(np.int64))
-  not_self = (i != j) | np.any(shifts != 0, axis=1)
-  return i[not_self], j[not_self], shifts[not_self]
+  # D = positions[j] - positions[i] + S @ cell is computed by vesin in
+  # float64 from the positions as given: our vectors, exactly.
+  i, j, shifts, vectors, dist = search.compute(
+      points=positions, box=cell, periodic=[bool(p) for p in pbc],
+      quantities="ijSDd", copy=False)
+  # A zero-shift i -> i pair is no edge (self loops are added on request).
+  edges = np.flatnonzero((i != j) | np.any(shifts != 0, axis=1))
+  return (i.astype(np.int64)[edges], j.astype(np.int64)[edges],
+          shifts.astype(np.int64)[edges], vectors[edges], dist[edges])
 
 
 # -- helpers -------------------------------------------------------------------
@@ -252,7 +251,10 @@ def _edge_order(senders, receivers, shifts, vectors, distances):
   packed = np.zeros(distances.size, np.int64)
   for key, b in zip(keys, bits):
     packed = (packed << b) | key
-  return np.argsort(packed, kind="stable")
+  # The packed keys are distinct (one edge per (receiver, sender, shift)), so
+  # the unstable sort (several times faster than a stable one on int64) is
+  # deterministic.
+  return np.argsort(packed)
 
 
 def _rank_within(receivers, n):
