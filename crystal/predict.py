@@ -42,8 +42,16 @@ def predict_files(workdir: str, files: Sequence[str], which: str = "best"
           "prediction": pred}
 
 
+class _OneLineParser(argparse.ArgumentParser):
+  """Flag errors as the other CLIs give them: one line, exit 2 (no usage
+  block before it; ``--help`` still prints the usage)."""
+
+  def error(self, message):
+    self.exit(2, f"error: crystal.predict: {message} (see --help)\n")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = _OneLineParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", required=True, help="trained run directory")
   p.add_argument("--structures", nargs="+", required=True,
                  help="structure files (CIF, POSCAR, extxyz, ASE json...)")

@@ -546,3 +546,20 @@ def test_sigint_checkpoints_and_exits_130(tmp_path):
   with open(metrics) as f:
     steps = [json.loads(l)["step"] for l in f]
   assert max(steps) == stopped
+
+
+@pytest.mark.parametrize("argv, fault", [
+    (["--workdir=/x"], "required: --structures, --out"),
+    (["--workdir=/x", "--structures=a.cif", "--out=o.csv",
+      "--cpu_devices=0"], "--cpu_devices must be >= 1"),
+    (["--workdir=/x", "--structures=a.cif", "--out=o.csv",
+      "--checkpoint=bogus"], "invalid choice: 'bogus'"),
+])
+def test_predict_flag_errors_are_one_line_exit_2(argv, fault, capsys):
+  """Case 10 for crystal.predict: argparse's faults as one line, exit 2."""
+  from crystal import predict  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as e:
+    predict.main(argv)
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and fault in err
+  assert err.count("\n") == 1 and err.startswith("error: crystal.predict: ")
