@@ -49,7 +49,8 @@ the resident memory after the timed runs is printed beside it. Timing: one warm-
 run is reported (less sensitive to a busy shared machine) and the median
 beside it.
 
-Reference (SPEC.md, PyTorch/PyG on this machine kind, 2 threads): 20 layers
+Reference (usccolumbia/deeperGATGNN in PyTorch/PyG, measured on this project's
+2-vCPU machine, 2 threads): 20 layers
 ~90 graphs/s training, ~260 inference, 3.0 GB; 30 layers ~63 / ~160, 4.4 GB.
 Goal: >= 3x both at 20 layers, in under 1 GB.
 """

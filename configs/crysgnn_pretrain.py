@@ -1,4 +1,4 @@
-r"""CrysGNN pre-training (Das et al. 2022, §2.1; SPEC.md "CrysGNN reference").
+r"""CrysGNN pre-training (Das et al. 2022, §2.1; kdmsit/crysgnn).
 
   python -m noisy_nodes.train --config=configs/crysgnn_pretrain.py:demo \
       --workdir=runs/crysgnn_teacher

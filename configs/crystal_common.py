@@ -1,7 +1,7 @@
 """Shared config of the crystal property task (DeeperGATGNN and baselines).
 
-``crystal_config(model, variant)`` returns the reference setting (SPEC.md
-"DeeperGATGNN reference", MatDeepLearn config.yml) for one model, changed by
+``crystal_config(model, variant)`` returns the reference setting
+(usccolumbia/deeperGATGNN, MatDeepLearn config.yml) for one model, changed by
 the variant tokens after ``:`` (joined by ``,`` ``+`` or ``_``):
 
   (none)   the reference exactly: the model preset next to each model

@@ -1,7 +1,7 @@
 """CrysGNN (Das et al.): pre-training corpus, symmetry labels, connectivity
 targets, decoder heads, pre-training losses and distillation.
 
-Modules (see /work/shared/papers/crysgnn.md, SPEC.md "CrysGNN reference"):
+Modules (Das et al., AAAI 2023; reference code kdmsit/crysgnn):
   encoder   the reference's encoder and student: Xie & Grossman's original
             CGCNN (``OriginalCGCNN``, model name ``original_cgcnn``).
   symmetry  spglib space group (1..230) and crystal system (0..6) labels

@@ -8,7 +8,7 @@ L_KD = ‖Z^T − Z^S‖²                                               (eq. 4)
 * Z^T: the teacher's node embeddings, computed by ``teacher_node_embeddings``
   from the teacher's params and state with ``is_training=False`` (running
   BatchNorm statistics; the reference left the teacher in training mode, a
-  flaw SPEC.md notes) and ``jax.lax.stop_gradient``; the teacher's params and
+  flaw we do not copy) and ``jax.lax.stop_gradient``; the teacher's params and
   state are never returned, so nothing can update them.
 * Z^S: the student's ``outputs['node_embedding']``. Both are L2-normalised
   per crystal as in pre-training (each node vector divided by its norm,

@@ -2,7 +2,7 @@
 
 The encoder (e.g. ``crystal.models.cgcnn``) returns ``outputs['node_embedding']``
 [N, D] for a padded batch (docs/design.md). Following the reference
-implementation (SPEC.md "CrysGNN reference"), the decoder first
+implementation (kdmsit/crysgnn ``crysgnn/model.py``), the decoder first
 L2-normalises node embeddings *within each crystal*: every node vector is
 divided by its Euclidean norm (``F.normalize(atom_fea, dim=1)`` applied to the
 nodes of one crystal at a time in the reference), and the crystal embedding

@@ -1,4 +1,4 @@
-"""CrysGNN pre-training losses (paper eqs. 1–2; SPEC.md "CrysGNN reference").
+"""CrysGNN pre-training losses (paper eqs. 1–2; kdmsit/crysgnn).
 
 L_pretrain = α L_FR + β L_CR + γ L_SG + λ L_NTXent            (eq. 2)
 

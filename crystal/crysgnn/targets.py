@@ -3,7 +3,7 @@
 For each ordered pair (i, j) of atoms of a crystal, the target is how often
 atom j — counting every periodic image separately — is among the 12 nearest
 neighbours of atom i within 8 Å, capped at 5, i.e. a class in 0..5
-(SPEC.md "CrysGNN reference"; the reference builds it from CGCNN's 12-NN
+(kdmsit/crysgnn ``crysgnn/data.py``; the reference builds it from CGCNN's 12-NN
 graph). Periodic images of i itself count towards (i, i): in a one-atom fcc
 cell the atom is its own neighbour 12 times (capped to 5).
 

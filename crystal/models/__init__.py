@@ -53,7 +53,7 @@ def build_model(name: str, **kwargs):
 
 
 def presets(name: str, deeper: bool = False) -> dict:
-  """The reference's hyper-parameters (MatDeepLearn config.yml, SPEC.md) for
+  """The reference's hyper-parameters (usccolumbia/deeperGATGNN's MatDeepLearn config.yml) for
   ``build_model(name, **...)``: plain or deeper. GATGNN: DEEP_GATGNN (20
   layers) when ``deeper``, GATGNN (5) otherwise."""
   module = _module(name)

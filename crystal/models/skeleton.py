@@ -20,7 +20,7 @@ global input) sets ``first_layer_apart``: layer 0 then runs unscanned under
 its own parameters and the scan covers layers 1..L-1.
 
 Another convolution is another subclass. CrysGNN's reference encoder (the
-original CGCNN ``ConvLayer``, SPEC.md), for example, is
+original CGCNN ``ConvLayer``, Xie & Grossman 2018), for example, is
 ``conv = softplus(h_i + BN(Σ_j σ(filter) · softplus(core)))`` with
 ``[filter ‖ core] = BN(Linear([h_i ‖ h_j ‖ e_ij]))``, summed over i's own
 neighbours: ``cgcnn.CGConv(aggregation='sum', gate_norm=True)`` with

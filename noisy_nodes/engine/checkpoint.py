@@ -3,7 +3,8 @@
 A checkpoint holds two items:
   * ``state``: the ``TrainState`` pytree (step, params, Haiku state, optimiser
     state, EMA parameters, RNG key) — restored against a target, so optax
-    NamedTuples come back as NamedTuples (SPEC.md);
+    NamedTuples come back as NamedTuples (without a target orbax returns
+    dicts);
   * ``meta``: JSON — each process's data-stream position, the plateau
     controller, the best validation value, the task's statistics (target
     normalisation...), the batch budget and the atomic numbers of the

@@ -487,7 +487,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       if step == first_step:
         parallel.compile_ahead(step_fn, ts, graph)
       ts, metrics = step_fn(ts, graph)
-      metrics = jax.device_get(metrics)  # block: see SPEC.md on CPU collectives
+      metrics = jax.device_get(metrics)  # block: queued CPU collectives can deadlock XLA's rendezvous
       step += 1
       position = batch.position
       if not metrics["finite"]:

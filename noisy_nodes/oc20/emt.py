@@ -8,7 +8,7 @@ hollow; random cell and jitter) and the system is relaxed with BFGS to fmax
 0.05 eV/Å (at most ``MAX_STEPS`` steps; non-converged samples are dropped
 and replaced by the next index). The clean slab is relaxed the same way.
 
-Labels as in OC20 (SPEC.md "Offline data"; Chanussot et al. 2021):
+Labels as in OC20 (Chanussot et al. 2021, §3):
   E_ads = E(slab+adsorbate) - E(relaxed clean slab) - sum_atoms E_ref(el)
 with EMT gas references from relaxed molecules:
   E_ref(H) = E(H2)/2, E_ref(O) = E(O2)/2, E_ref(N) = E(N2)/2,
@@ -21,7 +21,7 @@ adsorbate.
 Determinism: sample ``i`` uses ``np.random.default_rng([seed, i])`` only, so
 results do not depend on the number of workers. Workers are spawned with
 OMP_NUM_THREADS=1 / OPENBLAS_NUM_THREADS=1 set before numpy loads (unpinned
-BLAS threads make EMT ~9x slower on 2 cores, SPEC.md).
+BLAS threads made EMT ~9x slower on 2 cores, measured).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The IS2RE/IS2RS LMDBs of fairchem (``is2re/all/train/data.lmdb``...) hold, at
 keys ``b"0" .. b"N-1"`` (plus an optional ``b"length"``), ``pickle.dumps(d,
 protocol=-1)`` of torch_geometric ``Data`` objects with ``sid``,
 ``atomic_numbers``, ``pos``, ``pos_relaxed``, ``cell`` [1, 3, 3], ``natoms``,
-``tags``, ``fixed``, ``y_init`` and ``y_relaxed`` (SPEC.md "OC20 data").
+``tags``, ``fixed``, ``y_init`` and ``y_relaxed`` (fairchem's LMDB datasets).
 
 What such a pickle references, and how we rebuild it with numpy only:
 

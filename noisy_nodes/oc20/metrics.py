@@ -1,7 +1,7 @@
 """OC20 evaluation metrics in numpy (IS2RE energy, IS2RS positions).
 
 Definitions follow the OC20 paper (Chanussot et al. 2021, §4) and fairchem's
-evaluator (see SPEC.md "OC20 data"):
+evaluator (``fairchem.core.modules.evaluator``):
 
 * IS2RE: energy MAE (eV) and EwT, the fraction of systems whose absolute
   energy error is below 0.02 eV.

@@ -48,7 +48,8 @@ from noisy_nodes.tasks.base import Task
 
 
 # Energies whose σ_m is taken on atomization energies, with the free atoms'
-# U0 (SPEC.md) for all four: their thermal corrections (< 0.1 eV per atom)
+# U0 (QM9's atomref table, ``qm9.QM9_ATOM_REFS_U0_EV``) for all four: their
+# thermal corrections (< 0.1 eV per atom)
 # are not in the files and change σ_m by ~1 %.
 ATOMIZATION_TARGETS = ("U0", "U", "H", "G")
 
@@ -163,7 +164,7 @@ class QM9Task(Task):
     # the fitted per-atom reference (narrower) and not of the evaluated
     # split (a tiny split would make it zero); fixed at setup so every split
     # is comparable.  U0/U/H/G as atomization energies (minus the free
-    # atoms' U0, SPEC.md), the convention of the benchmark's std. MAE.
+    # atoms' U0), the convention of the benchmark's std. MAE.
     raw = np.stack([self._truth(s) for s in train])
     self.sigma_m = np.array([qm9_metrics_lib.target_std(raw[:, j])
                              for j in range(len(self.targets))])
