@@ -15,7 +15,7 @@ INSTALL_REQUIRES = [
     "pymatgen>=2024.1.1",
     "ase>=3.23",
     "spglib>=2.0",
-    "vesin>=0.3",  # periodic neighbour search (noisy_nodes/neighbors.py)
+    "vesin>=0.3",  # periodic neighbour search (noisy_nodes/data/neighbors.py)
     "pyxtal",  # CrysGNN's pre-training corpus (random symmetric crystals)
     "matplotlib",
     "lmdb",

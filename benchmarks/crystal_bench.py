@@ -22,7 +22,7 @@ out the custom calls' FLOPs (the fraction is then a lower bound).
 Data: ``n`` EMT Pt10 clusters (``crystal.generators.pt10_clusters``) with the
 reference graph (8 Å, 12 nearest neighbours, minimum image, self loops):
 10 nodes and 100 edges each, so a batch of 100 graphs holds 1,000 nodes and
-10,000 edges (padded to 1,001 / 10,000 / 101 by ``noisy_nodes.batching``).
+10,000 edges (padded to 1,001 / 10,000 / 101 by ``noisy_nodes.data.batching``).
 The edges are in reverse pairs as ``configs/deeper_gatgnn.py`` featurises
 them (``data.graph.pair_edges``: the same model at half the edge work).
 Model: the ``configs/deeper_gatgnn.py`` reference (dim 64, 4 heads,
@@ -98,9 +98,9 @@ def child(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import noisy_nodes  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  from noisy_nodes import batching  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.data import batching  # pylint: disable=g-import-not-at-top
   from noisy_nodes.engine import optim, parallel, runtime  # pylint: disable=g-import-not-at-top
-  from noisy_nodes.structures import load_structures  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.data.structures import load_structures  # pylint: disable=g-import-not-at-top
   from crystal import tasks  # pylint: disable=g-import-not-at-top
   from crystal.models import agat_cpu, count_params  # pylint: disable=g-import-not-at-top
   from noisy_nodes.engine import precision  # pylint: disable=g-import-not-at-top
@@ -278,7 +278,7 @@ def main():
 
   sys.path.insert(0, ROOT)
   from crystal import generators  # pylint: disable=g-import-not-at-top
-  from noisy_nodes.structures import save_structures  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.data.structures import save_structures  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
     data = os.path.join(tmp, "pt10.npz")
     save_structures(data, generators.pt10_clusters(args.n, args.seed))

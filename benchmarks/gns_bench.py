@@ -13,7 +13,7 @@ bf16-capable GPUs, fp32 on CPU), and ``--profile DIR`` writes a
 
 Model: latent 512, 3-layer MLPs, 512 Bessel functions (Table 9), 1 block
 iteration of ``--steps`` message-passing steps. Data: EMT adsorbate+slab
-relaxations (``noisy_nodes.oc20.emt``; the demo cache when present, else
+relaxations (``noisy_nodes.gns.oc20.emt``; the demo cache when present, else
 ``--n`` generated here), featurised as in training (Noisy Nodes σ = 0.3,
 graph rebuilt from the noisy positions, cutoff 6 Å, 12 nearest neighbours).
 
@@ -55,11 +55,11 @@ import optax  # noqa: E402
 
 import device_report  # noqa: E402
 import noisy_nodes  # noqa: E402,F401
-from noisy_nodes import batching  # noqa: E402
+from noisy_nodes.data import batching  # noqa: E402
 from noisy_nodes.engine import parallel  # noqa: E402
 from noisy_nodes.engine import precision  # noqa: E402
 from noisy_nodes.engine import runtime  # noqa: E402
-from noisy_nodes.tasks.oc20 import OC20Task  # noqa: E402
+from noisy_nodes.gns.oc20.task import OC20Task  # noqa: E402
 
 DEMO_TRAIN = os.path.expanduser(
     "~/.cache/noisy_nodes/oc20_emt/emt_v1_s0_1600_200_200/train.aselmdb")
@@ -83,7 +83,7 @@ def make_task(steps, remat=False, iterations=1):
 
 
 def load_structures(args):
-  from noisy_nodes.oc20 import emt, readers  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.oc20 import emt, readers  # pylint: disable=g-import-not-at-top
   path = args.data or (DEMO_TRAIN if os.path.exists(DEMO_TRAIN) else "")
   if path:
     return readers.read_aselmdb(path)[:args.n], path

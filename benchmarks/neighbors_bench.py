@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import vesin  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from noisy_nodes.neighbors import neighbor_list  # noqa: E402
+from noisy_nodes.data.neighbors import neighbor_list  # noqa: E402
 
 GOAL = 5.0
 METALS = ("Cu", "Pt", "Au", "Ag", "Ni", "Pd", "Al")

@@ -44,7 +44,7 @@ the total step count 5.5e6 (one warm-up plus one cosine cycle; the paper
 trains "up to 200 hours"), noising fixed atoms too (``noise_fixed_atoms``),
 and everything under ``demo`` / ``tiny``.
 
-With ``data.path`` empty the EMT demo data set (noisy_nodes.oc20.emt) is
+With ``data.path`` empty the EMT demo data set (noisy_nodes.gns.oc20.emt) is
 generated into ``data.cache_dir`` once and reused.
 """
 import ml_collections

@@ -27,7 +27,7 @@ import numpy as np
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
 from noisy_nodes import plots
-from noisy_nodes.structures import DataError
+from noisy_nodes.data.structures import DataError
 
 FLAGS = flags.FLAGS
 

@@ -25,7 +25,7 @@ import numpy as np
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.structures import DataError, Structure
 
 CACHE_VERSION = 1
 _SECTIONS = ("nodes", "edges", "globals")

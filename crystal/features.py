@@ -11,7 +11,7 @@
   globals: cell float32[1,3,3], pbc bool[1,3], composition float32[1,108],
            target float32[1,T] when the structure has ``targets['target']``.
 
-Graphs come from ``noisy_nodes.graphs.structure_to_graph`` (edge j -> i, sender
+Graphs come from ``noisy_nodes.data.graphs.structure_to_graph`` (edge j -> i, sender
 j, receiver i): every periodic image within ``cutoff`` by default, or one edge
 per atom pair (``minimum_image``, the reference graph), the ``max_neighbors``
 nearest per receiver, and optional zero-length self loops which do not count
@@ -65,9 +65,9 @@ import numpy as np
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
-from noisy_nodes.graphs import pair_reverse_edges, structure_to_graph
-from noisy_nodes.neighbors import neighbor_list
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.graphs import pair_reverse_edges, structure_to_graph
+from noisy_nodes.data.neighbors import neighbor_list
+from noisy_nodes.data.structures import DataError, Structure
 
 NUM_ELEMENTS = 100         # one-hot Z width (reference "dictionary_default").
 NUM_COMPOSITION = 108      # element-fraction vector width (reference).
@@ -264,7 +264,7 @@ class FeaturizerConfig:
       "none": raw Å.
     composition: add globals['composition'].
     pair_edges: order the edges in reverse pairs with masked phantom
-      partners where a reverse is missing (``noisy_nodes.graphs.
+      partners where a reverse is missing (``noisy_nodes.data.graphs.
       pair_reverse_edges``): GATGNN then evaluates its edge function once
       per edge instead of twice (same model, half the edge work).
   """

@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.structures import DataError, Structure
 
 FMAX = 0.05                 # eV/Å, BFGS convergence.
 MAX_STEPS = 2000

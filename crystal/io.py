@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from noisy_nodes.structures import FLOAT32_MAX, DataError, Structure
+from noisy_nodes.data.structures import FLOAT32_MAX, DataError, Structure
 
 FORMATS = ("matdeeplearn", "cgcnn", "alignn", "db")
 

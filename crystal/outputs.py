@@ -25,7 +25,7 @@ import numpy as np
 
 from noisy_nodes import plots
 from crystal.metrics import regression_metrics
-from noisy_nodes.structures import DataError
+from noisy_nodes.data.structures import DataError
 
 
 def plot_learning_curve(workdir: str, out_png: Optional[str] = None

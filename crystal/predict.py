@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
 from noisy_nodes import errors
-from noisy_nodes.structures import DataError
+from noisy_nodes.data.structures import DataError
 
 
 def predict_files(workdir: str, files: Sequence[str], which: str = "best"

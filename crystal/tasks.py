@@ -51,7 +51,7 @@ import numpy as np
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
-from noisy_nodes.structures import (DataError, Structure, load_structures,
+from noisy_nodes.data.structures import (DataError, Structure, load_structures,
                                     save_structures, validate_all)
 from noisy_nodes.tasks.base import Task
 

@@ -30,7 +30,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 import noisy_nodes  # noqa: E402
-from noisy_nodes.qm9 import reader  # noqa: E402
+from noisy_nodes.gns.qm9 import reader  # noqa: E402
 
 # Target -> (paper unit, factor from our unit). Table 5's units.
 PAPER_UNITS = {

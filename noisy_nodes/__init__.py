@@ -6,7 +6,7 @@ baselines) and CrysGNN models; ``load(workdir)`` gives a trained run as a
 ``Predictor`` (``noisy_nodes.api``).
 """
 from noisy_nodes import _compat  # noqa: F401  (must run before jraph is used)
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.structures import DataError, Structure
 
 __all__ = ["DataError", "Predictor", "Structure", "load"]
 

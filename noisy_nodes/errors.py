@@ -25,7 +25,7 @@ import re
 import sys
 from typing import Callable, Optional, Sequence, Tuple
 
-from noisy_nodes.structures import DataError
+from noisy_nodes.data.structures import DataError
 
 __all__ = ["DataError", "ConfigError", "ResumeError", "CheckpointError",
            "MissingExtraError", "NonFiniteError", "describe", "run_cli",

@@ -9,7 +9,7 @@ r"""Evaluate a saved run without training; prints one JSON line of metrics.
   python -m noisy_nodes.evaluate --workdir=runs/oc20 --analysis=mad
 
 A wrapper over ``noisy_nodes.load(workdir, checkpoint).evaluate(split)``,
-``noisy_nodes.oc20.submission`` and ``noisy_nodes.analysis``.
+``noisy_nodes.gns.oc20.submission`` and ``noisy_nodes.gns.analysis``.
 """
 import json
 
@@ -35,7 +35,7 @@ _DATA = flags.DEFINE_string("data_path", None,
 _SUBMISSION = flags.DEFINE_string(
     "submission", None, "Write the OC20 eval server's .npz here (IS2RE "
     "energies / IS2RS positions of the splits {prefix}_id, _ood_ads, "
-    "_ood_cat, _ood_both; noisy_nodes.oc20.submission) instead of metrics.")
+    "_ood_cat, _ood_both; noisy_nodes.gns.oc20.submission) instead of metrics.")
 _SUBMISSION_PREFIX = flags.DEFINE_string(
     "submission_prefix", "test", "Splits of the submission: test (the "
     "server's) or val (to check a file locally).")
@@ -66,14 +66,14 @@ def main(argv):
                                   _DIST.value)
   overrides = {"data.path": _DATA.value} if _DATA.value else None
   if _SUBMISSION.value:
-    from noisy_nodes.oc20 import submission  # pylint: disable=g-import-not-at-top
+    from noisy_nodes.gns.oc20 import submission  # pylint: disable=g-import-not-at-top
     counts = errors.run_cli(lambda: submission.submission_from_run(
         _WORKDIR.value, _SUBMISSION.value, _SUBMISSION_PREFIX.value,
         _CKPT.value, overrides))
     print(json.dumps({"submission": _SUBMISSION.value, "systems": counts}))
     return
   if _ANALYSIS.value == "mad":
-    from noisy_nodes import analysis  # pylint: disable=g-import-not-at-top
+    from noisy_nodes.gns import analysis  # pylint: disable=g-import-not-at-top
     print(json.dumps(errors.run_cli(lambda: analysis.write_mad(
         _WORKDIR.value, _SPLIT.value, _CKPT.value, overrides))))
     return

@@ -1,6 +1,6 @@
 """Neural-network building blocks shared by every model.
 
-All models see padded batches (see ``noisy_nodes.batching``): padding nodes,
+All models see padded batches (see ``noisy_nodes.data.batching``): padding nodes,
 edges and graphs are marked by boolean masks in ``graph.nodes['mask']``,
 ``graph.edges['mask']`` and ``graph.globals['mask']``. Anything that pools
 statistics over a batch (BatchNorm, DiffGroupNorm, normalisers) must use those

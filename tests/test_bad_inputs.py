@@ -22,10 +22,10 @@ import pytest
 
 import noisy_nodes  # noqa: F401
 from crystal import io as cio
-from noisy_nodes.oc20 import legacy_lmdb, readers
-from noisy_nodes.qm9 import reader as qm9
-from noisy_nodes.structures import DataError, Structure, load_structures
-from noisy_nodes.structures import save_structures
+from noisy_nodes.gns.oc20 import legacy_lmdb, readers
+from noisy_nodes.gns.qm9 import reader as qm9
+from noisy_nodes.data.structures import DataError, Structure, load_structures
+from noisy_nodes.data.structures import save_structures
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401
-from noisy_nodes import batching
-from noisy_nodes.structures import DataError
+from noisy_nodes.data import batching
+from noisy_nodes.data.structures import DataError
 
 
 def _graph(n, e, value=1.0):

@@ -7,8 +7,8 @@ import pytest
 from ase.build import bulk
 
 import noisy_nodes  # noqa: F401
-from noisy_nodes import batching
-from noisy_nodes.structures import Structure
+from noisy_nodes.data import batching
+from noisy_nodes.data.structures import Structure
 from crystal import features as features_lib
 from crystal.crysgnn import encoder
 from crystal.crysgnn import tasks

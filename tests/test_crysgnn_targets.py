@@ -6,7 +6,7 @@ import pytest
 from ase.build import bulk
 from ase.spacegroup import crystal
 
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.structures import DataError, Structure
 from crystal.crysgnn import symmetry, targets
 
 

@@ -20,9 +20,9 @@ import pytest
 from ase.build import bulk
 
 import noisy_nodes  # noqa: F401
-from noisy_nodes import batching
+from noisy_nodes.data import batching
 from noisy_nodes.engine import trainer
-from noisy_nodes.structures import DataError
+from noisy_nodes.data.structures import DataError
 from crystal import datasets
 from crystal import tasks as crystal_tasks
 from crystal.crysgnn import losses

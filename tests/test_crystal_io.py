@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.structures import DataError, Structure
 from crystal import io as cio
 
 NACL_CIF = """data_NaCl

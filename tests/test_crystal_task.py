@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401
-from noisy_nodes import batching
+from noisy_nodes.data import batching
 from noisy_nodes.engine import optim, parallel
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.structures import DataError, Structure
 from crystal import generators, tasks
 from crystal.io import write_matdeeplearn_folder
 

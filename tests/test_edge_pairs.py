@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401
-from noisy_nodes import batching
-from noisy_nodes.graphs import pair_reverse_edges, structure_to_graph
-from noisy_nodes.structures import Structure
+from noisy_nodes.data import batching
+from noisy_nodes.data.graphs import pair_reverse_edges, structure_to_graph
+from noisy_nodes.data.structures import Structure
 from crystal import features as F
 from crystal.models import CGCNN, GATGNN
 

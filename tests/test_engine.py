@@ -92,7 +92,7 @@ _TWO_DEVICES = textwrap.dedent("""
     jax.config.update("jax_num_cpu_devices", 2)
     import numpy as np
     import noisy_nodes
-    from noisy_nodes import batching
+    from noisy_nodes.data import batching
     from noisy_nodes.engine import optim, parallel, trainer
     import toy_config
 

@@ -31,7 +31,7 @@ import pytest
 
 import noisy_nodes  # noqa: F401
 from noisy_nodes.engine import checkpoint as ckpt_lib
-from noisy_nodes.structures import save_structures
+from noisy_nodes.data.structures import save_structures
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)

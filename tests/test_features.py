@@ -1,10 +1,10 @@
-"""Tests for noisy_nodes.features (Bessel basis, cell vector, frames)."""
+"""Tests for noisy_nodes.gns.features (Bessel basis, cell vector, frames)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import noisy_nodes  # noqa: F401
-from noisy_nodes import features
+from noisy_nodes.gns import features
 
 
 def _rotation(seed):

@@ -1,4 +1,4 @@
-"""Tests for the Noisy Nodes GNS (noisy_nodes.gns): symmetries, padding,
+"""Tests for the Noisy Nodes GNS (noisy_nodes.gns.model): symmetries, padding,
 block-iteration weight sharing and flat compile time."""
 import time
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401  (jraph compat)
-from noisy_nodes import gns
+from noisy_nodes.gns import model as gns
 
 CUTOFF = 4.0
 
@@ -31,7 +31,7 @@ def _brute_neighbors(positions, cell, pbc, cutoff):
 
 def _neighbors(positions, cell, pbc, cutoff):
   try:
-    from noisy_nodes.neighbors import neighbor_list  # pylint: disable=g-import-not-at-top
+    from noisy_nodes.data.neighbors import neighbor_list  # pylint: disable=g-import-not-at-top
   except ImportError:
     return _brute_neighbors(positions, cell, pbc, cutoff)
   nl = neighbor_list(positions, cell, pbc, cutoff)

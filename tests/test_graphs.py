@@ -1,11 +1,11 @@
-"""Tests for noisy_nodes.graphs.structure_to_graph."""
+"""Tests for noisy_nodes.data.graphs.structure_to_graph."""
 import ase.build
 import numpy as np
 import pytest
 
-from noisy_nodes.graphs import structure_to_graph
-from noisy_nodes.neighbors import neighbor_list
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.graphs import structure_to_graph
+from noisy_nodes.data.neighbors import neighbor_list
+from noisy_nodes.data.structures import DataError, Structure
 
 
 def _slab():

@@ -1,12 +1,12 @@
-"""Tests for noisy_nodes.neighbors against ASE and direct enumeration."""
+"""Tests for noisy_nodes.data.neighbors against ASE and direct enumeration."""
 import ase
 import ase.build
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 import numpy as np
 import pytest
 
-from noisy_nodes.neighbors import neighbor_list
-from noisy_nodes.structures import DataError
+from noisy_nodes.data.neighbors import neighbor_list
+from noisy_nodes.data.structures import DataError
 
 
 def _ours(atoms, cutoff, **kw):

@@ -24,7 +24,7 @@ from noisy_nodes import errors
 from noisy_nodes.engine import checkpoint as ckpt_lib
 from noisy_nodes.engine import checks
 from noisy_nodes.engine import trainer
-from noisy_nodes.structures import DataError, Structure, validate_all
+from noisy_nodes.data.structures import DataError, Structure, validate_all
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -210,7 +210,7 @@ def test_oc20_validation_without_energies_is_an_error(tmp_path):
   import ase.db  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.join(REPO, "configs"))
   import oc20  # pylint: disable=g-import-not-at-top
-  from noisy_nodes.tasks import oc20 as oc20_task  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.oc20 import task as oc20_task  # pylint: disable=g-import-not-at-top
   for split, labelled in (("train", True), ("val", False)):
     with ase.db.connect(str(tmp_path / f"{split}.db")) as db:
       for i in range(3):
@@ -232,10 +232,10 @@ def test_oc20_validation_without_energies_is_an_error(tmp_path):
 def test_qm9_metric_sigma_comes_from_training():
   """Case 9: a small validation split whose targets are all equal (sigma 0
   there) still gets finite std. MAE / logMAE: sigma_m is the training
-  split's (noisy_nodes/tasks/qm9.py)."""
+  split's (noisy_nodes/gns/qm9/task.py)."""
   sys.path.insert(0, os.path.join(REPO, "configs"))
   import qm9  # pylint: disable=g-import-not-at-top
-  from noisy_nodes.tasks.qm9 import QM9Task  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.qm9.task import QM9Task  # pylint: disable=g-import-not-at-top
   c = qm9.get_config("demo")
   c.data.target = "gap"
   methane = dict(atomic_numbers=[6, 1, 1, 1, 1],
@@ -256,7 +256,7 @@ def test_qm9_metric_sigma_comes_from_training():
 
 def test_qm9_generator_without_its_extra_says_which(monkeypatch):
   """Case 16: one line naming the extra, not an ImportError traceback."""
-  from noisy_nodes.qm9 import xtb  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.qm9 import xtb  # pylint: disable=g-import-not-at-top
   monkeypatch.setitem(sys.modules, "tblite", None)
   monkeypatch.setitem(sys.modules, "tblite.interface", None)
   with pytest.raises(errors.MissingExtraError) as e:
@@ -472,7 +472,7 @@ def test_nonfinite_first_step_and_empty_validation(tmp_path, caplog):
 def test_evaluation_predicts_graphs_larger_than_the_budget(restored):
   """Case 15: skip_oversized is for training; evaluation (and the end-of-run
   outputs built on it) predicts every structure."""
-  from noisy_nodes import batching  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.data import batching  # pylint: disable=g-import-not-at-top
   exp, ts = restored[0], restored[1]
   tiny = batching.Budget(max_nodes=4, max_edges=64, max_graphs=2)
   preds = exp.predict(ts.params, ts.state, "val", tiny)

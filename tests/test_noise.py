@@ -1,4 +1,4 @@
-"""Tests for noisy_nodes.noise: corruption, relative targets and the loss."""
+"""Tests for noisy_nodes.gns.noise: corruption, relative targets and the loss."""
 import ase.build
 import jax.numpy as jnp
 import jraph
@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401
-from noisy_nodes import noise
-from noisy_nodes.structures import DataError
+from noisy_nodes.gns import noise
+from noisy_nodes.data.structures import DataError
 
 
 def _neighbors(positions, cell, pbc, cutoff):
   """Edge set {(sender, receiver, shift)} (library search, or brute force)."""
   try:
-    from noisy_nodes.neighbors import neighbor_list  # pylint: disable=g-import-not-at-top
+    from noisy_nodes.data.neighbors import neighbor_list  # pylint: disable=g-import-not-at-top
     nl = neighbor_list(positions, cell, pbc, cutoff)
     return {(int(s), int(r), tuple(int(x) for x in sh))
             for s, r, sh in zip(nl.senders, nl.receivers, nl.shifts)}

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from noisy_nodes import analysis
+from noisy_nodes.gns import analysis
 from test_gns import _slab_graph, model_fn  # pylint: disable=g-bad-import-order
 
 

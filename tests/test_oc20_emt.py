@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from noisy_nodes.oc20 import emt, readers
+from noisy_nodes.gns.oc20 import emt, readers
 
 SEED = 7
 

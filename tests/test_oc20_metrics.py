@@ -1,8 +1,8 @@
-"""Tests for noisy_nodes.oc20.metrics against hand-computed values."""
+"""Tests for noisy_nodes.gns.oc20.metrics against hand-computed values."""
 import numpy as np
 import pytest
 
-from noisy_nodes.oc20 import metrics
+from noisy_nodes.gns.oc20 import metrics
 
 
 def test_energy_mae_and_ewt():

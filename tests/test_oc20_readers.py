@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401
-from noisy_nodes.oc20 import legacy_lmdb, readers
-from noisy_nodes.structures import DataError
+from noisy_nodes.gns.oc20 import legacy_lmdb, readers
+from noisy_nodes.data.structures import DataError
 
 
 def _slab(seed=0):
@@ -118,7 +118,7 @@ def test_trajectory_errors(tmp_path):
 
 
 def _oc20_structure(i):
-  from noisy_nodes.structures import Structure
+  from noisy_nodes.data.structures import Structure
   atoms = _slab(seed=i)
   n = len(atoms)
   rng = np.random.RandomState(i)

@@ -13,14 +13,14 @@ import pytest
 from ase.constraints import FixAtoms
 
 import noisy_nodes  # noqa: F401
-from noisy_nodes import batching
-from noisy_nodes import noise
+from noisy_nodes.data import batching
+from noisy_nodes.gns import noise
 from noisy_nodes.engine import trainer
-from noisy_nodes.neighbors import neighbor_list
-from noisy_nodes.oc20 import emt
-from noisy_nodes.oc20 import metrics as oc20_metrics
-from noisy_nodes.structures import DataError, Structure
-from noisy_nodes.tasks.oc20 import OC20Task
+from noisy_nodes.data.neighbors import neighbor_list
+from noisy_nodes.gns.oc20 import emt
+from noisy_nodes.gns.oc20 import metrics as oc20_metrics
+from noisy_nodes.data.structures import DataError, Structure
+from noisy_nodes.gns.oc20.task import OC20Task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
@@ -248,7 +248,7 @@ FAIRCHEM_VAL = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
 @pytest.fixture(scope="module")
 def fairchem_folder(emt_folder, tmp_path_factory):
   """fairchem's IS2RE layout: train/ and four val_*/ folders of data.lmdb."""
-  from noisy_nodes.oc20 import legacy_lmdb, readers
+  from noisy_nodes.gns.oc20 import legacy_lmdb, readers
   out = str(tmp_path_factory.mktemp("fairchem"))
   train = readers.read_aselmdb(os.path.join(emt_folder, "train.aselmdb"))
   held = (readers.read_aselmdb(os.path.join(emt_folder, "val.aselmdb")) +
@@ -307,7 +307,7 @@ def test_fairchem_layout_evaluates_each_split_and_average(fairchem_folder,
 
 
 def test_submission_file_round_trips(fairchem_run, tmp_path):
-  from noisy_nodes.oc20 import submission  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.oc20 import submission  # pylint: disable=g-import-not-at-top
   _, workdir, _ = fairchem_run
   out = str(tmp_path / "is2rs.npz")
   # The server's file for the val_* splits (a test_* layout is the same).
@@ -339,7 +339,7 @@ def test_submission_file_round_trips(fairchem_run, tmp_path):
 
 
 def test_mad_analysis_writes_json_and_plot(fairchem_run):
-  from noisy_nodes import analysis  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns import analysis  # pylint: disable=g-import-not-at-top
   _, workdir, _ = fairchem_run
   paths = analysis.write_mad(workdir, "val_ood_both", "latest")
   result = json.load(open(paths["json"]))

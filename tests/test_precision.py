@@ -65,7 +65,7 @@ def _crysgnn(tmp_path):
 
 
 def _oc20(tmp_path):
-  from noisy_nodes.oc20 import emt  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.oc20 import emt  # pylint: disable=g-import-not-at-top
   folder = str(tmp_path / "emt")
   emt.generate(6, seed=3, workers=0, out_dir=folder,
                split_sizes={"train": 4, "val": 1, "test": 1})
@@ -77,7 +77,7 @@ def _oc20(tmp_path):
 def _qm9(tmp_path):
   pytest.importorskip("tblite")
   pytest.importorskip("rdkit")
-  from noisy_nodes.qm9 import xtb  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.qm9 import xtb  # pylint: disable=g-import-not-at-top
   folder = str(tmp_path / "qm9raw")
   xtb.generate(folder, n=6, seed=0)
   c = _config("qm9")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401
-from noisy_nodes.qm9 import metrics
-from noisy_nodes.qm9 import reader
-from noisy_nodes.structures import DataError
+from noisy_nodes.gns.qm9 import metrics
+from noisy_nodes.gns.qm9 import reader
+from noisy_nodes.data.structures import DataError
 
 HA = 27.211386246
 

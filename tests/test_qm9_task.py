@@ -7,8 +7,8 @@ import pytest
 
 import noisy_nodes  # noqa: F401
 from noisy_nodes.engine import trainer
-from noisy_nodes.qm9 import reader
-from noisy_nodes.tasks.qm9 import QM9Task
+from noisy_nodes.gns.qm9 import reader
+from noisy_nodes.gns.qm9.task import QM9Task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
@@ -20,7 +20,7 @@ def raw_folder(tmp_path_factory):
   """Eight molecules in the raw dsgdb9nsd format, labelled by GFN2-xTB."""
   pytest.importorskip("tblite")
   pytest.importorskip("rdkit")
-  from noisy_nodes.qm9 import xtb  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.qm9 import xtb  # pylint: disable=g-import-not-at-top
   out = str(tmp_path_factory.mktemp("qm9raw"))
   xtb.generate(out, n=8, seed=0)
   return out

@@ -7,11 +7,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import noisy_nodes  # noqa: F401,E402
-from noisy_nodes.qm9 import reader  # noqa: E402
+from noisy_nodes.gns.qm9 import reader  # noqa: E402
 
 pytest.importorskip("tblite.interface")
 pytest.importorskip("rdkit")
-from noisy_nodes.qm9 import xtb  # noqa: E402  pylint: disable=g-import-not-at-top
+from noisy_nodes.gns.qm9 import xtb  # noqa: E402  pylint: disable=g-import-not-at-top
 
 HA = reader.HARTREE_TO_EV
 

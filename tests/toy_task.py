@@ -22,10 +22,10 @@ import numpy as np
 
 import noisy_nodes  # noqa: F401
 from noisy_nodes import nn
-from noisy_nodes.neighbors import neighbor_list
-from noisy_nodes.structures import DataError
-from noisy_nodes.structures import Structure
-from noisy_nodes.structures import load_structures
+from noisy_nodes.data.neighbors import neighbor_list
+from noisy_nodes.data.structures import DataError
+from noisy_nodes.data.structures import Structure
+from noisy_nodes.data.structures import load_structures
 from noisy_nodes.tasks.base import Task
 
 

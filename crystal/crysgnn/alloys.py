@@ -25,7 +25,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from noisy_nodes.structures import Structure
+from noisy_nodes.data.structures import Structure
 from crystal import generators
 
 LATTICES = ("fcc", "bcc", "hcp")

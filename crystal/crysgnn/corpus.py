@@ -24,7 +24,7 @@ Item i is generated from ``np.random.default_rng([seed, i])``, so the corpus is
 deterministic by seed regardless of worker count or chunking. Items run in
 worker processes (OMP/OPENBLAS threads pinned to 1) with a per-item timeout;
 failures are recorded in the manifest, never fatal. Output is chunked:
-``<stem>-00000.npz``... (``noisy_nodes.structures.save_structures``) plus a
+``<stem>-00000.npz``... (``noisy_nodes.data.structures.save_structures``) plus a
 JSON manifest ``<out>`` listing chunks, counts, failures and structures/s;
 existing chunks are kept with ``--resume``. ``load_corpus(out)`` reads it back.
 
@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from noisy_nodes.structures import (DataError, Structure, load_structures,
+from noisy_nodes.data.structures import (DataError, Structure, load_structures,
                                     save_structures)
 from crystal.crysgnn import symmetry
 
@@ -114,7 +114,7 @@ def _covalent(z):
 
 def _rescale_to_bonds(s: Structure, rng) -> Structure:
   """Scales the cell so the shortest bond is 0.95-1.2 × Σ covalent radii."""
-  from noisy_nodes.neighbors import neighbor_list  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.data.neighbors import neighbor_list  # pylint: disable=g-import-not-at-top
   nl = neighbor_list(s.positions, s.cell, s.pbc, 12.0, max_neighbors=1)
   if len(nl.distances) == 0:
     raise RuntimeError("no neighbours within 12 Å")

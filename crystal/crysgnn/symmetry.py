@@ -21,7 +21,7 @@ from typing import Dict
 import numpy as np
 import spglib
 
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.structures import DataError, Structure
 
 SYMPREC = 0.01          # Å, pymatgen SpacegroupAnalyzer's default.
 ANGLE_TOLERANCE = 5.0   # degrees, likewise.

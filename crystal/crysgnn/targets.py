@@ -7,7 +7,7 @@ neighbours of atom i within 8 Å, capped at 5, i.e. a class in 0..5
 graph). Periodic images of i itself count towards (i, i): in a one-atom fcc
 cell the atom is its own neighbour 12 times (capped to 5).
 
-Neighbour selection is ``noisy_nodes.neighbors.neighbor_list(...,
+Neighbour selection is ``noisy_nodes.data.neighbors.neighbor_list(...,
 max_neighbors=12)``: edges j -> i (receiver i), the 12 nearest senders of each
 receiver, ties broken by (distance, sender, shift). The reference sorts
 pymatgen's neighbours by distance only, so exactly tied 12th/13th neighbours
@@ -25,8 +25,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from noisy_nodes.neighbors import neighbor_list
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.neighbors import neighbor_list
+from noisy_nodes.data.structures import DataError, Structure
 from crystal.crysgnn import symmetry
 
 NUM_NEIGHBORS = 12

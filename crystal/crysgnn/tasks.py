@@ -70,7 +70,7 @@ import numpy as np
 import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
 from noisy_nodes import nn as nn_lib
-from noisy_nodes.structures import DataError, Structure, load_structures
+from noisy_nodes.data.structures import DataError, Structure, load_structures
 from noisy_nodes.tasks.base import Task
 
 from crystal import features as features_lib
@@ -107,7 +107,7 @@ def build_encoder(model_cfg, num_targets: int = 1):
   kwargs = plain(model_cfg)
   name = str(kwargs.pop("name", "cgcnn")).lower()
   if name == "gns":
-    from noisy_nodes.gns import GNS  # pylint: disable=g-import-not-at-top
+    from noisy_nodes.gns.model import GNS  # pylint: disable=g-import-not-at-top
     return GNS(num_targets=num_targets, **kwargs)
   if name == "original_cgcnn":
     return encoder_lib.OriginalCGCNN(num_targets=num_targets, **kwargs)
@@ -435,7 +435,7 @@ class Teacher:
 
   def __init__(self, workdir: str, which: str = "best",
                embedding_key: str = "node_embedding"):
-    from noisy_nodes import batching  # pylint: disable=g-import-not-at-top
+    from noisy_nodes.data import batching  # pylint: disable=g-import-not-at-top
     from noisy_nodes.engine import parallel  # pylint: disable=g-import-not-at-top
     from noisy_nodes.engine import trainer  # pylint: disable=g-import-not-at-top
     cfg_path = os.path.join(workdir, "config.json")

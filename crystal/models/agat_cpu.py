@@ -1,7 +1,7 @@
 """Fused AGAT edge kernels for XLA:CPU (``agat_cpu.cc``, XLA FFI).
 
 The AGAT layer's edge block, in the paired edge layout of
-``noisy_nodes.batching`` (row t reads pair term ``ew[t mod P]``):
+``noisy_nodes.data.batching`` (row t reads pair term ``ew[t mod P]``):
 
   u = softplus(xw[receivers] + ew[pair])                      [E, H·D]
   attention_dots(...)  = [u·att_0 ‖ u·att_1] per head         [E, 2H]

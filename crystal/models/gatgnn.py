@@ -98,7 +98,7 @@ head_weighted_sum.defvjp(_head_weighted_sum_fwd, _head_weighted_sum_bwd)
 
 def swap_halves(a: jnp.ndarray) -> jnp.ndarray:
   """a[(t + E/2) mod E]: the reverse-edge gather of the paired edge layout
-  (``noisy_nodes.batching.pad_graphs``; E is even) as a swap of halves."""
+  (``noisy_nodes.data.batching.pad_graphs``; E is even) as a swap of halves."""
   return jnp.flip(a.reshape((2, -1) + a.shape[1:]), axis=0).reshape(a.shape)
 
 
@@ -136,7 +136,7 @@ class AGATLayer(hk.Module):
     """x [N, D], e [E, D] -> (x' [N, D], attention α [E, H]).
 
     ``self_rows`` [E] bool, given for a batch in the paired layout of
-    ``noisy_nodes.batching`` (edge t's reverse is edge (t + E/2) mod E, with
+    ``noisy_nodes.data.batching`` (edge t's reverse is edge (t + E/2) mod E, with
     an identical edge feature, except the rows marked True, self loops that
     are their own reverse); ``e`` then holds the first E / 2 rows only. u_j
     of an edge is u_i of its reverse: act([x ‖ e] W) is evaluated once per

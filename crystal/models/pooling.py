@@ -1,6 +1,6 @@
 """Masked segment softmax and graph readouts for padded batches.
 
-Every function here takes the padding masks of ``noisy_nodes.batching`` so
+Every function here takes the padding masks of ``noisy_nodes.data.batching`` so
 padding nodes/edges never contribute to a real graph's softmax or pool.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What ``Predictor.predict`` accepts: ASE, pymatgen and library structures.
 
-Every item becomes a ``noisy_nodes.structures.Structure`` (numpy only):
+Every item becomes a ``noisy_nodes.data.structures.Structure`` (numpy only):
 
 * ``ase.Atoms``: numbers, Cartesian positions, cell, pbc; ``FixAtoms``
   constraints become ``fixed`` and non-zero tags ``tags`` (OC20's surface /
@@ -20,7 +20,7 @@ from typing import Any, List, Sequence
 
 import numpy as np
 
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.structures import DataError, Structure
 
 
 def is_single(items: Any) -> bool:

@@ -39,14 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from noisy_nodes import batching
+from noisy_nodes.data import batching
 from noisy_nodes import nn as nn_lib
 from noisy_nodes.api import inputs as inputs_lib
 from noisy_nodes.engine import checks
 from noisy_nodes.engine import parallel
 from noisy_nodes.engine import precision
 from noisy_nodes.engine import trainer
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.structures import DataError, Structure
 from noisy_nodes.tasks import base as task_base
 
 class UnseenElementWarning(UserWarning):

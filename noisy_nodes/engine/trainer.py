@@ -27,7 +27,7 @@ import jraph
 import ml_collections
 import numpy as np
 
-from noisy_nodes import batching
+from noisy_nodes.data import batching
 from noisy_nodes.engine import checkpoint as ckpt_lib
 from noisy_nodes.engine import checks
 from noisy_nodes.engine import logger as logger_lib
@@ -37,7 +37,7 @@ from noisy_nodes.engine import precision
 from noisy_nodes.engine import runtime
 from noisy_nodes.errors import ConfigError
 from noisy_nodes.errors import NonFiniteError, ResumeError  # noqa: F401
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.structures import DataError, Structure
 from noisy_nodes.tasks import base as task_base
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "checkpointed, rerun to resume"

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from noisy_nodes.structures import Structure
+from noisy_nodes.data.structures import Structure
 
 Outputs = Dict[str, jnp.ndarray]
 
@@ -122,8 +122,8 @@ class Task(abc.ABC):
 def resolve_task(name: str) -> Callable[..., Task]:
   """``config.task``: a registered short name or ``package.module:Class``."""
   registry = {
-      "oc20": "noisy_nodes.tasks.oc20:OC20Task",
-      "qm9": "noisy_nodes.tasks.qm9:QM9Task",
+      "oc20": "noisy_nodes.gns.oc20.task:OC20Task",
+      "qm9": "noisy_nodes.gns.qm9.task:QM9Task",
       "crystal": "crystal.tasks:CrystalPropertyTask",
       "crysgnn_pretrain": "crystal.crysgnn.tasks:CrysGNNPretrainTask",
       "crysgnn_distill": "crystal.crysgnn.tasks:CrysGNNDistillTask",

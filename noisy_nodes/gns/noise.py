@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from noisy_nodes.structures import DataError
+from noisy_nodes.data.structures import DataError
 
 
 class NoisySample(NamedTuple):

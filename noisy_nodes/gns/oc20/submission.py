@@ -89,7 +89,7 @@ def submission_from_run(workdir: str, path: str, prefix: str = "test",
   Returns {split: number of systems}.
   """
   from noisy_nodes.engine import trainer  # pylint: disable=g-import-not-at-top
-  from noisy_nodes.structures import DataError  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.data.structures import DataError  # pylint: disable=g-import-not-at-top
   names = {s: f"{prefix}_{s}" for s in SPLITS}
   exp, ts, _, budget, _ = trainer.restore_run(
       workdir, which, overrides, example_split=names["id"])

@@ -1,7 +1,7 @@
 """OC20 IS2RE / IS2RS with the Noisy Nodes GNS (Godwin et al. 2022, §5.1).
 
 Data (``config.data``):
-  * ``path`` empty: the EMT demo set (``noisy_nodes.oc20.emt``), generated
+  * ``path`` empty: the EMT demo set (``noisy_nodes.gns.oc20.emt``), generated
     once into ``cache_dir`` with ``num_train/num_val/num_test`` systems.
   * ``path`` a folder with split files (``train*``, ``val*``, ``test*``:
     ``.aselmdb``, ``.traj``, ``.db``/``.json``, ``data.lmdb`` or sub-folders
@@ -42,11 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
-from noisy_nodes import gns as gns_lib
-from noisy_nodes import noise
-from noisy_nodes.graphs import structure_to_graph
-from noisy_nodes.oc20 import metrics as oc20_metrics
-from noisy_nodes.structures import DataError, Structure, validate_all
+from noisy_nodes.gns import model as gns_lib
+from noisy_nodes.gns import noise
+from noisy_nodes.data.graphs import structure_to_graph
+from noisy_nodes.gns.oc20 import metrics as oc20_metrics
+from noisy_nodes.data.structures import DataError, Structure, validate_all
 from noisy_nodes.tasks.base import Task
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -92,7 +92,7 @@ def read_path(path: str, fmt: str = "", limit: int = 0,
   With ``skipped`` (a list: ``data.skip_invalid``) a file that does not read
   is listed there and skipped instead of raising.
   """
-  from noisy_nodes.oc20 import readers  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.oc20 import readers  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise DataError(path, "no such file or folder (data.path)")
   fmt = fmt or infer_format(path)
@@ -236,7 +236,7 @@ class OC20Task(Task):
     return splits
 
   def _emt_splits(self) -> Dict[str, List[Structure]]:
-    from noisy_nodes.oc20 import emt, readers  # pylint: disable=g-import-not-at-top
+    from noisy_nodes.gns.oc20 import emt, readers  # pylint: disable=g-import-not-at-top
     d = self.config.data
     cache = os.path.expanduser(str(d.get("cache_dir",
                                          "~/.cache/noisy_nodes/oc20_emt")))

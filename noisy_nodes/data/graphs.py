@@ -7,9 +7,9 @@ The sample layout is that of docs/design.md ("Graphs and batches"):
   senders, receivers int32 [e]; n_node, n_edge int32 [1]
   globals  cell float32 [1, 3, 3], pbc bool [1, 3]
 
-with edges j -> i from ``noisy_nodes.neighbors.neighbor_list`` (vectors
+with edges j -> i from ``noisy_nodes.data.neighbors.neighbor_list`` (vectors
 x_i - x_j + shift @ cell, sorted by receiver). Tasks add their own arrays
-through ``extra_nodes`` / ``extra_globals``; ``noisy_nodes.batching`` then
+through ``extra_nodes`` / ``extra_globals``; ``noisy_nodes.data.batching`` then
 packs such samples and adds masks.
 
 Vectors and distances are computed in float64 and only then cast to float32,
@@ -24,8 +24,8 @@ import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
 import numpy as np
 
-from noisy_nodes.neighbors import neighbor_list
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.neighbors import neighbor_list
+from noisy_nodes.data.structures import DataError, Structure
 
 RESERVED_NODES = ("atomic_numbers", "positions")
 RESERVED_GLOBALS = ("cell", "pbc")
@@ -130,7 +130,7 @@ def pair_reverse_edges(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
   Adds to ``edges``: ``reverse`` int32 (t <-> t + k for t < 2k, t for the
   rest) and ``phantom`` bool. Pairs get bitwise-equal distances (the real or
   lower-index edge's) and exactly negated vectors, so their edge features
-  are identical. ``noisy_nodes.batching.pad_graphs`` keeps the pairing in
+  are identical. ``noisy_nodes.data.batching.pad_graphs`` keeps the pairing in
   batches.
 
   Args:

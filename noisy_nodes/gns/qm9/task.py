@@ -2,11 +2,11 @@
 
 Data (``config.data``):
   * ``path``: a folder or archive of raw ``dsgdb9nsd_*.xyz`` files
-    (``noisy_nodes.qm9.reader.read_qm9_dir``); molecules listed in
+    (``noisy_nodes.gns.qm9.reader.read_qm9_dir``); molecules listed in
     ``uncharacterized_path`` (the official ``uncharacterized.txt``) are
     excluded when it is given.
   * ``path`` empty: a small QM9-like set computed with GFN2-xTB
-    (``noisy_nodes.qm9.xtb``, ``num_generated`` molecules) on first use,
+    (``noisy_nodes.gns.qm9.xtb``, ``num_generated`` molecules) on first use,
     cached in ``cache_dir``.
   Split: the paper's random 10k validation / 10k test split
   (``reader.split_indices``; sizes scale with smaller sets).
@@ -38,12 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
-from noisy_nodes import gns as gns_lib
-from noisy_nodes import noise
-from noisy_nodes.graphs import structure_to_graph
-from noisy_nodes.qm9 import metrics as qm9_metrics_lib
-from noisy_nodes.qm9 import reader
-from noisy_nodes.structures import DataError, Structure, validate_all
+from noisy_nodes.gns import model as gns_lib
+from noisy_nodes.gns import noise
+from noisy_nodes.data.graphs import structure_to_graph
+from noisy_nodes.gns.qm9 import metrics as qm9_metrics_lib
+from noisy_nodes.gns.qm9 import reader
+from noisy_nodes.data.structures import DataError, Structure, validate_all
 from noisy_nodes.tasks.base import Task
 
 
@@ -116,7 +116,7 @@ class QM9Task(Task):
 
   def _generated(self, cache: str) -> str:
     """The xTB QM9-like folder (generated once, marked complete)."""
-    from noisy_nodes.qm9 import xtb  # pylint: disable=g-import-not-at-top
+    from noisy_nodes.gns.qm9 import xtb  # pylint: disable=g-import-not-at-top
     d = self.config.data
     n, seed = int(d.num_generated), int(d.get("seed", 0))
     heavy = int(d.get("max_heavy", 7))

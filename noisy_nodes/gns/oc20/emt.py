@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from noisy_nodes.structures import Structure
+from noisy_nodes.data.structures import Structure
 
 VERSION = 1
 METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
@@ -324,7 +324,7 @@ def generate(n: int, seed: int, workers: int = 2,
   ``settings.json`` and, with ``write_trajectories``, ``traj/<sid>.traj``.
   Returns {split: [Structure]} (sample order = index order).
   """
-  from noisy_nodes.oc20 import readers  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.oc20 import readers  # pylint: disable=g-import-not-at-top
   if split_sizes is None:
     n_eval = n // 10
     split_sizes = {"train": n - 2 * n_eval, "val": n_eval, "test": n_eval}
@@ -351,7 +351,7 @@ def generate(n: int, seed: int, workers: int = 2,
   if out_dir is not None:
     for name, items in splits.items():
       readers.write_aselmdb(os.path.join(out_dir, f"{name}.aselmdb"), items,
-                            metadata={"generator": "noisy_nodes.oc20.emt",
+                            metadata={"generator": "noisy_nodes.gns.oc20.emt",
                                       "seed": seed, "split": name})
     with open(os.path.join(out_dir, "settings.json"), "w") as f:
       json.dump({"version": VERSION, "seed": seed, "split_sizes": split_sizes,

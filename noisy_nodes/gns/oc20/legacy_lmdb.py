@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.data.structures import DataError, Structure
 
 _TORCH_MAGIC = 0x1950a86a20f9469cfc6c
 _TORCH_PROTOCOL = 1001

@@ -40,7 +40,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import vesin
 
-from noisy_nodes.structures import DataError
+from noisy_nodes.data.structures import DataError
 
 # Distances closer than this (Å) are ties when ranking neighbours.
 TIE_RESOLUTION = 1e-8

@@ -38,9 +38,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from noisy_nodes.oc20.legacy_lmdb import check_lmdb_complete
-from noisy_nodes.oc20.legacy_lmdb import read_legacy_lmdb  # noqa: F401
-from noisy_nodes.structures import DataError, Structure
+from noisy_nodes.gns.oc20.legacy_lmdb import check_lmdb_complete
+from noisy_nodes.gns.oc20.legacy_lmdb import read_legacy_lmdb  # noqa: F401
+from noisy_nodes.data.structures import DataError, Structure
 
 ADSORBATE_ELEMENTS = (1, 6, 7, 8)  # H, C, N, O
 _TOP_LAYER_TOL = 1.0  # Å

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import jraph
 import numpy as np
 
-from noisy_nodes.structures import DataError
+from noisy_nodes.data.structures import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +183,7 @@ def _pair_layout(graphs, edges, senders, receivers, tot_n, pad_e):
                            np.arange(2 * k, e)])
     if (e - m) % 2 or not np.array_equal(rev, want):
       raise ValueError("edges['reverse'] is not the pairing of "
-                       "noisy_nodes.graphs.pair_reverse_edges (edge t with "
+                       "noisy_nodes.data.graphs.pair_reverse_edges (edge t with "
                        "t + k, then edges that are their own reverse)")
     first.append(np.arange(start, start + k))
     second.append(np.arange(start + k, start + 2 * k))

@@ -53,7 +53,7 @@ allow_nan=True)`` accepts files where one is.
 
 Command line::
 
-  python -m noisy_nodes.qm9.xtb --out=DIR --n=100 --seed=0 --workers=2
+  python -m noisy_nodes.gns.qm9.xtb --out=DIR --n=100 --seed=0 --workers=2
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from noisy_nodes.errors import MissingExtraError
-from noisy_nodes.qm9 import reader
+from noisy_nodes.gns.qm9 import reader
 
 BOHR = 0.529177210903             # Å
 HARTREE_EV = reader.HARTREE_TO_EV

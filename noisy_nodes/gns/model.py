@@ -45,9 +45,9 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-from noisy_nodes import features
+from noisy_nodes.gns import features
 from noisy_nodes import nn
-from noisy_nodes.structures import MAX_ATOMIC_NUMBER
+from noisy_nodes.data.structures import MAX_ATOMIC_NUMBER
 
 NUM_TAGS = 3  # OC20 tags: 0 sub-surface, 1 surface, 2 adsorbate.
 
@@ -206,7 +206,7 @@ class GNS(hk.Module):
         QM9's Table 10 uses 1024 hidden with 512 latents).
       step_latents: also output 'step_node_latents' [1 + N*M, N, D], the
         encoder's node latents and those after every message-passing step
-        (oversmoothing analysis, §8.1; ``noisy_nodes.analysis``).
+        (oversmoothing analysis, §8.1; ``noisy_nodes.gns.analysis``).
     """
     super().__init__(name=name)
     self.latent_size = latent_size

@@ -39,7 +39,7 @@ Per-atom Mulliken charges go to ``node_arrays['charges']``; SMILES and InChI
 to ``info``. ``id`` is the file stem ``dsgdb9nsd_%06d`` and
 ``info['index']`` the integer QM9 index.
 
-Files written by ``noisy_nodes.qm9.xtb`` may contain "nan" for properties
+Files written by ``noisy_nodes.gns.qm9.xtb`` may contain "nan" for properties
 that xTB cannot give; read them with ``allow_nan=True``: such targets are
 left out of ``targets`` (and listed in ``info['unavailable']``), so the
 structure still validates and the npz cache marks them missing.
@@ -61,7 +61,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tupl
 
 import numpy as np
 
-from noisy_nodes.structures import (DataError, Structure, load_structures,
+from noisy_nodes.data.structures import (DataError, Structure, load_structures,
                                     save_structures)
 
 HARTREE_TO_EV = 27.211386246

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from noisy_nodes import batching
+from noisy_nodes.data import batching
 from noisy_nodes import nn
 from noisy_nodes.engine import parallel
 
