@@ -1,0 +1,229 @@
+"""Random-access sources of structures: datasets read from disk on demand.
+
+A ``Source`` is a ``collections.abc.Sequence`` of ``Structure``:
+``len(source)`` and ``source[i]``, which reads (and parses) sample ``i`` only
+when asked, so a dataset's size costs an index, not its structures. Every
+reader (legacy OC20 ``data.lmdb``, ``*.aselmdb``, ASE ``.db``, crystal
+folders, QM9 xyz files and archives) returns one; tasks' ``load_splits``
+return ``{split: Source}``; in-memory lists stay possible through
+``ListSource``.
+
+The contract (docs/design.md, data section):
+
+* ``source[i]`` raises ``IndexError`` outside ``[-len, len)`` and
+  ``DataError`` naming the file and the record for a record it cannot decode.
+* ``source.name(i)`` is sample ``i``'s id, cheaply where the format allows.
+* ``source.targets(i)`` / ``source.num_atoms(i)`` are fast paths for
+  statistics (target mean/std, node budgets): formats that store them apart
+  from the coordinates override them; the default reads the structure.
+* A source is picklable: it holds paths and index arrays only. Handles
+  (LMDB environments, open archives, database connections) are opened lazily
+  by ``LazyHandle`` in each process that reads and re-opened after a fork or
+  a spawn (the owning pid is checked on each access); pickling drops them.
+"""
+from __future__ import annotations
+
+import bisect
+import collections.abc
+import operator
+import os
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from noisy_nodes.data.structures import Structure
+
+__all__ = ["Source", "ListSource", "Subset", "Concat", "Mapped", "LazyHandle",
+           "as_source"]
+
+
+class Source(collections.abc.Sequence):
+  """Base class: subclasses implement ``__len__`` and ``_read(i)``.
+
+  ``i`` passed to ``_read`` / ``_name`` / ``_targets`` / ``_num_atoms`` is
+  already normalised to ``0 <= i < len(self)``.
+  """
+
+  def __len__(self) -> int:
+    raise NotImplementedError
+
+  def _read(self, i: int) -> Structure:
+    raise NotImplementedError
+
+  def _name(self, i: int) -> str:
+    return self._read(i).id
+
+  def _targets(self, i: int) -> Dict[str, np.ndarray]:
+    return self._read(i).targets
+
+  def _num_atoms(self, i: int) -> int:
+    return self._read(i).num_atoms
+
+  # -- public ------------------------------------------------------------------
+  def _index(self, i) -> int:
+    n = len(self)
+    try:
+      j = operator.index(i)
+    except TypeError:
+      j = None
+    if j is None or isinstance(i, (bool, np.bool_)):
+      raise TypeError(f"{type(self).__name__} indices must be integers or "
+                      f"slices, not {type(i).__name__}")
+    if not -n <= j < n:
+      raise IndexError(f"{type(self).__name__} index {i} out of range for "
+                       f"{n} samples")
+    return j + n if j < 0 else j
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return Subset(self, range(*i.indices(len(self))))
+    return self._read(self._index(i))
+
+  def __iter__(self) -> Iterator[Structure]:
+    for i in range(len(self)):
+      yield self._read(i)
+
+  def name(self, i: int) -> str:
+    """Sample ``i``'s id (without parsing its coordinates where possible)."""
+    return self._name(self._index(i))
+
+  def targets(self, i: int) -> Dict[str, np.ndarray]:
+    """Sample ``i``'s graph-level targets (fast path where stored apart)."""
+    return self._targets(self._index(i))
+
+  def num_atoms(self, i: int) -> int:
+    """Sample ``i``'s atom count (fast path where stored apart)."""
+    return self._num_atoms(self._index(i))
+
+  def names(self) -> List[str]:
+    return [self._name(i) for i in range(len(self))]
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({len(self)} samples)"
+
+
+class ListSource(Source):
+  """Structures held in memory (small generated sets, tests)."""
+
+  def __init__(self, structures: Sequence[Structure]):
+    self.structures = list(structures)
+
+  def __len__(self) -> int:
+    return len(self.structures)
+
+  def _read(self, i: int) -> Structure:
+    return self.structures[i]
+
+
+class Subset(Source):
+  """``source`` restricted to ``indices`` (in that order)."""
+
+  def __init__(self, source: Sequence[Structure], indices):
+    self.source = as_source(source)
+    idx = np.asarray(list(indices) if isinstance(indices, range) else indices,
+                     np.int64).reshape(-1)
+    n = len(self.source)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+      bad = int(idx[(idx < -n) | (idx >= n)][0])
+      raise IndexError(f"Subset index {bad} out of range for {n} samples")
+    self.indices = np.where(idx < 0, idx + n, idx)
+
+  def __len__(self) -> int:
+    return int(self.indices.shape[0])
+
+  def _read(self, i: int) -> Structure:
+    return self.source._read(int(self.indices[i]))  # pylint: disable=protected-access
+
+  def _name(self, i: int) -> str:
+    return self.source._name(int(self.indices[i]))  # pylint: disable=protected-access
+
+  def _targets(self, i: int):
+    return self.source._targets(int(self.indices[i]))  # pylint: disable=protected-access
+
+  def _num_atoms(self, i: int) -> int:
+    return self.source._num_atoms(int(self.indices[i]))  # pylint: disable=protected-access
+
+
+class Concat(Source):
+  """Sources one after the other (e.g. several LMDB files of one split)."""
+
+  def __init__(self, sources: Sequence[Sequence[Structure]]):
+    self.sources = [as_source(s) for s in sources]
+    self.offsets = np.cumsum([0] + [len(s) for s in self.sources]).tolist()
+
+  def __len__(self) -> int:
+    return int(self.offsets[-1])
+
+  def _locate(self, i: int):
+    k = bisect.bisect_right(self.offsets, i) - 1
+    return self.sources[k], i - self.offsets[k]
+
+  def _read(self, i: int) -> Structure:
+    s, j = self._locate(i)
+    return s._read(j)  # pylint: disable=protected-access
+
+  def _name(self, i: int) -> str:
+    s, j = self._locate(i)
+    return s._name(j)  # pylint: disable=protected-access
+
+  def _targets(self, i: int):
+    s, j = self._locate(i)
+    return s._targets(j)  # pylint: disable=protected-access
+
+  def _num_atoms(self, i: int) -> int:
+    s, j = self._locate(i)
+    return s._num_atoms(j)  # pylint: disable=protected-access
+
+
+class Mapped(Source):
+  """``fn(source[i], i)`` on access (a per-sample transform or check)."""
+
+  def __init__(self, source: Sequence[Structure],
+               fn: Callable[[Structure, int], Structure]):
+    self.source = as_source(source)
+    self.fn = fn
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def _read(self, i: int) -> Structure:
+    return self.fn(self.source._read(i), i)  # pylint: disable=protected-access
+
+  def _name(self, i: int) -> str:
+    return self.source._name(i)  # pylint: disable=protected-access
+
+  def _num_atoms(self, i: int) -> int:
+    return self.source._num_atoms(i)  # pylint: disable=protected-access
+
+
+class LazyHandle:
+  """A handle opened on first use in each process, dropped by pickling.
+
+  ``LazyHandle(opener, *args)`` calls ``opener(*args)`` the first time
+  ``get()`` is called in a process (the pid is compared on every call, so a
+  forked child re-opens rather than share its parent's LMDB environment or
+  file offset); ``opener`` and ``args`` must be picklable (a module-level
+  function and paths).
+  """
+
+  def __init__(self, opener: Callable[..., Any], *args):
+    self.opener, self.args = opener, args
+    self._handle, self._pid = None, None
+
+  def get(self):
+    pid = os.getpid()
+    if self._handle is None or self._pid != pid:
+      self._handle, self._pid = self.opener(*self.args), pid
+    return self._handle
+
+  def __getstate__(self):
+    return {"opener": self.opener, "args": self.args}
+
+  def __setstate__(self, state):
+    self.opener, self.args = state["opener"], state["args"]
+    self._handle, self._pid = None, None
+
+
+def as_source(data: Sequence[Structure]) -> Source:
+  """``data`` itself if a ``Source``, else a ``ListSource`` of it."""
+  return data if isinstance(data, Source) else ListSource(data)
