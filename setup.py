@@ -43,4 +43,15 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
+    # Short task names (config.task = "oc20"): the shared layer names no
+    # paper package (noisy_nodes.tasks.resolve_task reads this group).
+    entry_points={
+        "noisy_nodes.tasks": [
+            "oc20 = noisy_nodes.gns.oc20.task:OC20Task",
+            "qm9 = noisy_nodes.gns.qm9.task:QM9Task",
+            "crystal = crystal.tasks:CrystalPropertyTask",
+            "crysgnn_pretrain = crystal.crysgnn.tasks:CrysGNNPretrainTask",
+            "crysgnn_distill = crystal.crysgnn.tasks:CrysGNNDistillTask",
+        ],
+    },
 )

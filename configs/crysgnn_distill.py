@@ -88,7 +88,7 @@ def set_epochs(c, train_size: int, epochs: int = EPOCHS,
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "crysgnn_distill"
+  c.task = "crystal.crysgnn.tasks:CrysGNNDistillTask"
   c.teacher = dict(workdir="", checkpoint="best",
                    embedding_key="node_embedding")
   c.distill = dict(delta=0.5)   # the reference's α = 0.5 (δ = 1 − α).

@@ -63,7 +63,7 @@ def reference_model(num_layers: int = 5, **overrides) -> dict:
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "crysgnn_pretrain"
+  c.task = "crystal.crysgnn.tasks:CrysGNNPretrainTask"
   c.data = dict(
       path="",
       # A structure file of data.path that cannot be read or validated is an

@@ -97,7 +97,7 @@ def crystal_config(model: str, variant: str = "",
   tokens = parse_variant(variant)
   deeper = deeper or "deeper" in tokens
   c = ml_collections.ConfigDict()
-  c.task = "crystal"
+  c.task = "crystal.tasks:CrystalPropertyTask"
   c.data = dict(
       path="", format="", target_index=0, skip_invalid=False,
       cache_dir="data_cache/crystal", graph_cache=True,

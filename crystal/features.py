@@ -65,9 +65,11 @@ import numpy as np
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
-from noisy_nodes.data.graphs import pair_reverse_edges, structure_to_graph
+from noisy_nodes.data.graphs import structure_to_graph
 from noisy_nodes.data.neighbors import neighbor_list
 from noisy_nodes.data.structures import DataError, Structure
+
+from crystal.edge_pairs import pair_reverse_edges
 
 NUM_ELEMENTS = 100         # one-hot Z width (reference "dictionary_default").
 NUM_COMPOSITION = 108      # element-fraction vector width (reference).

@@ -248,7 +248,7 @@ def main(argv=None):
           workdir = os.path.join(args.out,
                                  f"{student}_{mode}_n{size}_s{seed}")
           trainer.train(cfg, workdir)
-          test = trainer.evaluate(workdir, split="test", which="best")
+          test = noisy_nodes.load(workdir, "best").evaluate("test")
           if baseline is None:
             baseline = _baselines(cfg)
           rows.append({"student": student, "mode": mode, "size": size,

@@ -130,7 +130,7 @@ def train_one(label, name, layers, seed, target, n_train, args) -> Dict:
   config = run_config(name, layers, seed, target, args)
   run = train_until_flat(config, workdir, n_train, args)
   which = "best" if run["val_curve"] else "latest"
-  test = trainer.evaluate(workdir, split="test", which=which)
+  test = noisy_nodes.load(workdir, which).evaluate("test")
   return {"model": label, "layers": layers, "seed": seed, "target": target,
           "test_mae": float(test["mae"]), "test_r2": float(test["r2"]),
           "best_val_mae": float(min(run["val_curve"])) if run["val_curve"]

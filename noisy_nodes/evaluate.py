@@ -9,7 +9,9 @@ r"""Evaluate a saved run without training; prints one JSON line of metrics.
   python -m noisy_nodes.evaluate --workdir=runs/oc20 --analysis=mad
 
 A wrapper over ``noisy_nodes.load(workdir, checkpoint).evaluate(split)``,
-``noisy_nodes.gns.oc20.submission`` and ``noisy_nodes.gns.analysis``.
+``noisy_nodes.api.write_submission`` and ``noisy_nodes.api.analyze`` (the
+run's task's hooks ``Task.write_submission``, OC20's; ``Task.analyses``, the
+GNS tasks' ``mad``).
 """
 import json
 
@@ -39,10 +41,11 @@ _SUBMISSION = flags.DEFINE_string(
 _SUBMISSION_PREFIX = flags.DEFINE_string(
     "submission_prefix", "test", "Splits of the submission: test (the "
     "server's) or val (to check a file locally).")
-_ANALYSIS = flags.DEFINE_enum(
-    "analysis", None, ["mad"], "mad: MAD of node latents and residual "
-    "updates after every message-passing step on --split (§8.1, Fig. 3); "
-    "writes DIR/mad_<split>.json and .png.")
+_ANALYSIS = flags.DEFINE_string(
+    "analysis", None, "An analysis of the run's task (Task.analyses) on "
+    "--split; the GNS tasks' mad: MAD of node latents and residual updates "
+    "after every message-passing step (Noisy Nodes §8.1, Fig. 3), written to "
+    "DIR/mad_<split>.json and .png.")
 _COORD = flags.DEFINE_string("coordinator_address", None,
                              "host:port of process 0 (multi-host).")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
@@ -66,16 +69,15 @@ def main(argv):
                                   _DIST.value)
   overrides = {"data.path": _DATA.value} if _DATA.value else None
   if _SUBMISSION.value:
-    from noisy_nodes.gns.oc20 import submission  # pylint: disable=g-import-not-at-top
-    counts = errors.run_cli(lambda: submission.submission_from_run(
+    counts = errors.run_cli(lambda: api.write_submission(
         _WORKDIR.value, _SUBMISSION.value, _SUBMISSION_PREFIX.value,
         _CKPT.value, overrides))
     print(json.dumps({"submission": _SUBMISSION.value, "systems": counts}))
     return
-  if _ANALYSIS.value == "mad":
-    from noisy_nodes.gns import analysis  # pylint: disable=g-import-not-at-top
-    print(json.dumps(errors.run_cli(lambda: analysis.write_mad(
-        _WORKDIR.value, _SPLIT.value, _CKPT.value, overrides))))
+  if _ANALYSIS.value:
+    print(json.dumps(errors.run_cli(lambda: api.analyze(
+        _WORKDIR.value, _ANALYSIS.value, _SPLIT.value, _CKPT.value,
+        overrides))))
     return
   metrics = errors.run_cli(lambda: api.load(_WORKDIR.value, _CKPT.value)
                            .evaluate(_SPLIT.value, data_path=_DATA.value))

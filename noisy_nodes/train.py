@@ -123,8 +123,8 @@ def run_trials(config, workdir, count, label, configure, out_name, key):
     run_dir = os.path.join(workdir, f"{label}_{k}")
     trainer.train(cfg, run_dir)
     write_outputs(cfg, run_dir)
-    rows.append(trainer.evaluate(run_dir, split="test",
-                                 which=_kept_checkpoint(run_dir)))
+    rows.append(noisy_nodes.load(run_dir, _kept_checkpoint(run_dir))
+                .evaluate("test"))
   keys = [k_ for k_ in rows[0] if isinstance(rows[0][k_], float)
           and k_ != "eval_seconds"]
   width = max(4, len(label))

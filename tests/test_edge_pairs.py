@@ -8,8 +8,9 @@ import pytest
 
 import noisy_nodes  # noqa: F401
 from noisy_nodes.data import batching
-from noisy_nodes.data.graphs import pair_reverse_edges, structure_to_graph
+from noisy_nodes.data.graphs import structure_to_graph
 from noisy_nodes.data.structures import Structure
+from crystal.edge_pairs import pair_reverse_edges
 from crystal import features as F
 from crystal.models import CGCNN, GATGNN
 

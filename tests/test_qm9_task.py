@@ -109,7 +109,7 @@ def test_trains_a_few_steps_and_reports_qm9_metrics(raw_folder, tmp_path):
       s, reader.QM9_ATOM_REFS_U0_EV) for s in splits["train"]])
   assert final["sigma_m/U0"] == pytest.approx(sigma, rel=1e-12)
   assert final["std_mae/U0"] == pytest.approx(final["mae/U0"] / sigma)
-  again = trainer.evaluate(workdir, split="val", which="latest")
+  again = noisy_nodes.load(workdir, "latest").evaluate("val")
   assert again["mae/U0"] == pytest.approx(final["mae/U0"], rel=1e-6)
   # The Python API on the same molecules, unlabelled, as ase.Atoms and as
   # pymatgen Molecules: the evaluation's MAE, in referenced eV.

@@ -71,7 +71,7 @@ import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
 from noisy_nodes import nn as nn_lib
 from noisy_nodes.data.structures import DataError, Structure, load_structures
-from noisy_nodes.tasks.base import Task
+from noisy_nodes.tasks.base import Task, resolve_task
 
 from crystal import features as features_lib
 from crystal.crysgnn import corpus as corpus_lib
@@ -444,8 +444,9 @@ class Teacher:
                       "set config.teacher.workdir to a pre-training workdir")
     with open(cfg_path) as f:
       task_name = json.load(f).get("task", "")
-    overrides = ({"data.example_only": True}
-                 if task_name == "crysgnn_pretrain" else None)
+    pretrain = bool(task_name) and resolve_task(task_name) is (
+        CrysGNNPretrainTask)
+    overrides = {"data.example_only": True} if pretrain else None
     exp, ts, meta, budget, step = trainer.restore_run(workdir, which,
                                                       overrides)
     self.workdir, self.step, self.task_name = workdir, int(step), task_name

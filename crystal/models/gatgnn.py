@@ -98,7 +98,7 @@ head_weighted_sum.defvjp(_head_weighted_sum_fwd, _head_weighted_sum_bwd)
 
 def swap_halves(a: jnp.ndarray) -> jnp.ndarray:
   """a[(t + E/2) mod E]: the reverse-edge gather of the paired edge layout
-  (``noisy_nodes.data.batching.pad_graphs``; E is even) as a swap of halves."""
+  (``crystal.edge_pairs.paired_layout``; E is even) as a swap of halves."""
   return jnp.flip(a.reshape((2, -1) + a.shape[1:]), axis=0).reshape(a.shape)
 
 

@@ -121,7 +121,7 @@ class GraphInputs:
   composition [G, C] or None, reverse [E] or None.
 
   ``reverse`` is present when the featurizer paired every edge with its
-  reverse (``noisy_nodes.data.graphs.pair_reverse_edges``); its phantom edges are
+  reverse (``crystal.edge_pairs.pair_reverse_edges``); its phantom edges are
   False in ``edge_mask``, so every model leaves them out of aggregations.
   """
   nodes: jnp.ndarray

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from noisy_nodes.data import batching
+from noisy_nodes import errors
 from noisy_nodes import nn as nn_lib
 from noisy_nodes.api import inputs as inputs_lib
 from noisy_nodes.engine import checks
@@ -68,6 +69,33 @@ def load(workdir: str, checkpoint: str = "best",
     FileNotFoundError: no such checkpoint.
   """
   return Predictor(workdir, checkpoint, overrides)
+
+
+def task_class(workdir: str) -> type:
+  """The ``Task`` class of the run in ``workdir`` (its hooks; builds none)."""
+  return task_base.resolve_task(trainer.read_config(workdir).task)
+
+
+def analyze(workdir: str, name: str, split: str = "val",
+            checkpoint: str = "best",
+            overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """Runs the analysis ``name`` of the run's task (``Task.analyses``, e.g.
+  the GNS's ``mad``) on ``split``; returns its JSON-able summary."""
+  task = task_class(workdir)
+  if name not in task.analyses:
+    raise errors.ConfigError(f"--analysis={name}", f"task {task.__name__} "
+                             f"has the analyses {sorted(task.analyses)}")
+  return task.analyses[name](workdir, split, checkpoint, overrides)
+
+
+def write_submission(workdir: str, path: str, prefix: str = "test",
+                     checkpoint: str = "best",
+                     overrides: Optional[Dict[str, Any]] = None
+                     ) -> Dict[str, int]:
+  """The benchmark server's file of the run's predictions (the task's
+  ``Task.write_submission``: OC20); returns {split: number of samples}."""
+  return task_class(workdir).write_submission(workdir, path, prefix,
+                                              checkpoint, overrides)
 
 
 class _EmbeddingHead:

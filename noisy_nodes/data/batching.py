@@ -25,7 +25,8 @@ import logging
 import math
 import queue
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence,
+                    Tuple)
 
 import jraph
 import numpy as np
@@ -42,8 +43,8 @@ class Budget:
 
   @property
   def padded_sizes(self):
-    # An even edge count: the paired edge layout (``_pair_layout``) splits
-    # the rows in two equal halves.
+    # An even edge count: an edge layout (``register_edge_layout``) may
+    # split the rows in two equal halves.
     return (self.max_nodes + 1, self.max_edges + self.max_edges % 2,
             self.max_graphs + 1)
 
@@ -86,6 +87,28 @@ def estimate_budget(n_nodes: Sequence[int], n_edges: Sequence[int],
   nodes = int(math.ceil(cap(n_nodes) / 8.0) * 8)
   edges = int(math.ceil(max(cap(n_edges), 1) / 64.0) * 64)
   return Budget(max_nodes=nodes, max_edges=edges, max_graphs=k)
+
+
+#: pad_graphs' hook for a model's order of edge rows in a batch:
+#: ``layout(graphs, edges, senders, receivers, tot_n, pad_e)`` gets the
+#: stacked, padded edge arrays of the samples ``graphs`` (``tot_n`` real
+#: nodes, ``pad_e`` rows, padding edges on node ``tot_n``) and returns them
+#: reordered as ``(edges, senders, receivers)``.
+EdgeLayout = Callable[..., Tuple[Dict[str, np.ndarray], np.ndarray,
+                                 np.ndarray]]
+_EDGE_LAYOUTS: Dict[str, EdgeLayout] = {}
+
+
+def register_edge_layout(key: str, layout: EdgeLayout) -> None:
+  """Plugs a model's layout of edge rows into ``pad_graphs``.
+
+  The batches of samples that carry ``edges[key]`` are laid out by
+  ``layout`` (see ``EdgeLayout``); all others keep the samples' order. The
+  module that adds ``key`` to its samples registers the layout on import
+  (``crystal.edge_pairs``: GATGNN's reverse pairs under ``'reverse'``), so
+  this shared batcher names no model.
+  """
+  _EDGE_LAYOUTS[key] = layout
 
 
 def pad_graphs(graphs: Sequence[jraph.GraphsTuple],
@@ -134,9 +157,11 @@ def pad_graphs(graphs: Sequence[jraph.GraphsTuple],
 
   nodes = stack([g.nodes for g in graphs], tot_n, pad_n)
   edges = stack([g.edges for g in graphs], tot_e, pad_e)
-  if "reverse" in edges:
-    edges, senders, receivers = _pair_layout(graphs, edges, senders,
-                                             receivers, tot_n, pad_e)
+  for key, layout in _EDGE_LAYOUTS.items():
+    if key in edges:
+      edges, senders, receivers = layout(graphs, edges, senders, receivers,
+                                         tot_n, pad_e)
+      break
   globals_ = stack([g.globals for g in graphs], num_g, pad_g)
   full_n_node = np.zeros(pad_g, np.int32)
   full_n_node[:num_g] = n_node
@@ -147,101 +172,6 @@ def pad_graphs(graphs: Sequence[jraph.GraphsTuple],
   return jraph.GraphsTuple(nodes=nodes, edges=edges, globals=globals_,
                            senders=senders, receivers=receivers,
                            n_node=full_n_node, n_edge=full_n_edge)
-
-
-_PAIR_KEYS = ("mask", "phantom", "reverse")
-
-
-def _pair_layout(graphs, edges, senders, receivers, tot_n, pad_e):
-  """Reorders the edges of paired samples (``graphs.pair_reverse_edges``).
-
-  A sample holds 2k + m edges: edge t < k paired with t + k, and m edges
-  that are their own reverse (zero-shift self loops). In the batch the first
-  edges of the pairs fill [0, K) and their partners [H, H + K), H = pad_e /
-  2, so edge t's reverse is (t + H) mod 2H: the models swap the halves of an
-  [E, ...] array instead of gathering it. The self loops follow, two with
-  identical edge arrays (every zero-shift self loop of a featurised dataset)
-  on rows t and t + H, each its own reverse (``edges['reverse'][t] == t``),
-  so that the two rows of a pair still share their edge features; an odd
-  one out gets a padding row as partner (there is one: an odd number of
-  self loops makes the edge count odd, and the padded count is even).
-  Edges of one graph are not contiguous; read their graph from
-  ``receivers``.
-  """
-  if pad_e % 2:
-    raise ValueError(f"the paired edge layout needs an even number of edge "
-                     f"rows, got {pad_e}")
-  half = pad_e // 2
-  first, second, loops = [], [], []
-  start = 0
-  for g in graphs:
-    e = int(g.n_edge[0])
-    rev = np.asarray(g.edges["reverse"])
-    m = int(np.sum(rev == np.arange(e)))
-    k = (e - m) // 2
-    want = np.concatenate([np.arange(k, 2 * k), np.arange(k),
-                           np.arange(2 * k, e)])
-    if (e - m) % 2 or not np.array_equal(rev, want):
-      raise ValueError("edges['reverse'] is not the pairing of "
-                       "noisy_nodes.data.graphs.pair_reverse_edges (edge t with "
-                       "t + k, then edges that are their own reverse)")
-    first.append(np.arange(start, start + k))
-    second.append(np.arange(start + k, start + 2 * k))
-    loops.append(np.arange(start + 2 * k, start + e))
-    start += e
-  empty = np.zeros(0, np.int64)
-  first = np.concatenate(first) if first else empty
-  second = np.concatenate(second) if second else empty
-  loops = np.concatenate(loops) if loops else empty
-  # Self loops in groups of identical edge arrays; two of a group share a
-  # pair of rows, an odd one out is paired with padding (-1).
-  loop_a, loop_b, groups = [empty], [empty], 0
-  if loops.size:
-    data = [np.ascontiguousarray(np.asarray(v)[loops].reshape(loops.size, -1))
-            for key, v in sorted(edges.items()) if key not in _PAIR_KEYS]
-    rows = (np.concatenate([d.view(np.uint8) for d in data], axis=1)
-            if data else np.zeros((loops.size, 0), np.uint8))
-    if np.all(rows == rows[:1]):
-      group = np.zeros(loops.size, np.int64)   # the usual case: one group
-    else:
-      # Rows as opaque byte strings: a 1-D sort (np.unique over axis 0
-      # lexsorts every byte column, 40 ms for a batch of 1000).
-      keys = rows.view(np.dtype((np.void, rows.shape[1]))).reshape(-1)
-      _, group = np.unique(keys, return_inverse=True)
-    group = group.reshape(-1)
-    groups = int(group.max()) + 1
-    for g_ in range(groups):
-      members = loops[group == g_]
-      if members.size % 2:
-        members = np.concatenate([members, [-1]])
-      loop_a.append(members[0::2])
-      loop_b.append(members[1::2])
-  loop_a, loop_b = np.concatenate(loop_a), np.concatenate(loop_b)
-  top = np.concatenate([first, loop_a])
-  num = top.shape[0]
-  if num > half:
-    raise ValueError(
-        f"{loops.size} self loops in {groups} groups of "
-        f"distinct edge features do not fit the paired layout of {pad_e} "
-        "edge rows; featurise with pair_edges=False")
-  order = np.full(pad_e, -1, np.int64)   # batch row -> row of the plain stack
-  order[:num] = top
-  order[half:half + num] = np.concatenate([second, loop_b])
-  real = order >= 0
-  out = {}
-  for key, value in edges.items():
-    arr = np.zeros_like(value)
-    arr[real] = value[order[real]]
-    out[key] = arr
-  reverse = (np.arange(pad_e) + half) % pad_e
-  for lo in (first.size, half + first.size):
-    reverse[lo:lo + loop_a.size] = np.arange(lo, lo + loop_a.size)
-  out["reverse"] = reverse.astype(np.int32)
-  new_senders = np.full(pad_e, tot_n, np.int32)
-  new_receivers = np.full(pad_e, tot_n, np.int32)
-  new_senders[real] = senders[order[real]]
-  new_receivers[real] = receivers[order[real]]
-  return out, new_senders, new_receivers
 
 
 def stack_device_batches(batches: Sequence[jraph.GraphsTuple]):

@@ -659,20 +659,6 @@ def restore_run(workdir: str, which: str = "best",
   return exp, ts, meta, budget, step
 
 
-def evaluate(workdir: str, split: str = "val", which: str = "best",
-             overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-  """Evaluates a saved run on ``split`` with its ``best``/``latest`` params.
-
-  The same as ``noisy_nodes.load(workdir, which).evaluate(split, ...)``:
-  ``split='val'`` on data with several validation splits (fairchem's
-  ``val_*``) returns their average with each split's metrics under
-  ``'per_split'``; ``split='all'`` scores everything under ``data.path``,
-  never a re-split of it.
-  """
-  from noisy_nodes import api  # pylint: disable=g-import-not-at-top
-  return api.load(workdir, which).evaluate(split, overrides=overrides)
-
-
 def average_metrics(per_split: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
   """Unweighted mean over splits of every numeric metric they all have."""
   rows = list(per_split.values())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import importlib.metadata
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
@@ -39,6 +40,10 @@ class Task(abc.ABC):
   #: Keys of ``predict`` that ``noisy_nodes.Predictor.predict`` returns
   #: (None: all of them); the others are terms of the task's metrics.
   prediction_keys: Optional[Tuple[str, ...]] = None
+  #: Analyses of a saved run of this task (``python -m noisy_nodes.evaluate
+  #: --analysis=NAME``): NAME -> ``fn(workdir, split, which, overrides)``
+  #: returning a JSON-able summary (the GNS tasks: ``mad``).
+  analyses: Mapping[str, Callable[..., Any]] = {}
 
   def __init__(self, config):
     self.config = config
@@ -106,6 +111,18 @@ class Task(abc.ABC):
   def describe(self) -> str:
     return type(self).__name__
 
+  @classmethod
+  def write_submission(cls, workdir: str, path: str, prefix: str, which: str,
+                       overrides: Optional[Mapping[str, Any]]
+                       ) -> Dict[str, int]:
+    """Writes a benchmark server's file of a saved run's predictions to
+    ``path`` (``python -m noisy_nodes.evaluate --submission``); returns
+    {split: number of samples}. Only tasks of a benchmark with a server."""
+    del workdir, path, prefix, which, overrides
+    from noisy_nodes.errors import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError("--submission", f"task {cls.__name__} has no "
+                      "submission format")
+
   def write_outputs(self, workdir: str) -> None:
     """Hook for what a finished run leaves in ``workdir`` (default: nothing).
 
@@ -119,18 +136,29 @@ class Task(abc.ABC):
     del workdir
 
 
+#: The entry-point group of task short names (``setup.py``): a package built
+#: on this library registers its tasks there, so that the shared layer names
+#: none of them and a run directory's ``config.task = "oc20"`` still resolves.
+ENTRY_POINT_GROUP = "noisy_nodes.tasks"
+
+
+def registered_tasks() -> Dict[str, str]:
+  """{short name: "package.module:Class"} of the installed distributions."""
+  return {ep.name: ep.value for ep in
+          importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def resolve_task(name: str) -> Callable[..., Task]:
-  """``config.task``: a registered short name or ``package.module:Class``."""
-  registry = {
-      "oc20": "noisy_nodes.gns.oc20.task:OC20Task",
-      "qm9": "noisy_nodes.gns.qm9.task:QM9Task",
-      "crystal": "crystal.tasks:CrystalPropertyTask",
-      "crysgnn_pretrain": "crystal.crysgnn.tasks:CrysGNNPretrainTask",
-      "crysgnn_distill": "crystal.crysgnn.tasks:CrysGNNDistillTask",
-  }
-  path = registry.get(name, name)
-  if ":" not in path:
-    raise ValueError(f"unknown task {name!r}: use one of {sorted(registry)} "
-                     f"or 'package.module:Class'")
-  module, cls = path.split(":")
+  """``config.task``: ``package.module:Class`` or a registered short name."""
+  path = name
+  if ":" not in name:
+    registry = registered_tasks()
+    if name not in registry:
+      raise ValueError(
+          f"unknown task {name!r}: name it 'package.module:Class' or one of "
+          f"the short names {sorted(registry)} (entry points "
+          f"{ENTRY_POINT_GROUP!r} of the installed packages: reinstall with "
+          f"`pip install -e .` after adding one)")
+    path = registry[name]
+  module, _, cls = path.partition(":")
   return getattr(importlib.import_module(module), cls)

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
+from noisy_nodes.gns import analysis
 from noisy_nodes.gns import model as gns_lib
 from noisy_nodes.gns import noise
 from noisy_nodes.data.graphs import structure_to_graph
@@ -170,6 +171,13 @@ class OC20Task(Task):
   """IS2RE (``data.task='is2re'``) or IS2RS (``'is2rs'``) with Noisy Nodes."""
 
   randomized_features = True
+  analyses = {"mad": analysis.write_mad}
+
+  @classmethod
+  def write_submission(cls, workdir, path, prefix, which, overrides):
+    from noisy_nodes.gns.oc20 import submission  # pylint: disable=g-import-not-at-top
+    return submission.submission_from_run(workdir, path, prefix, which,
+                                          overrides)
 
   def __init__(self, config):
     super().__init__(config)

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
+from noisy_nodes.gns import analysis
 from noisy_nodes.gns import model as gns_lib
 from noisy_nodes.gns import noise
 from noisy_nodes.data.graphs import structure_to_graph
@@ -69,6 +70,7 @@ class QM9Task(Task):
 
   randomized_features = True
   selection_metric = "std_mae"
+  analyses = {"mad": analysis.write_mad}
 
   def __init__(self, config):
     super().__init__(config)
