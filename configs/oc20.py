@@ -86,6 +86,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       cutoff=6.0, max_neighbors=12,
       noise_sigma=0.3,      # Table 9 (Å)
       sample_frames=True,   # §5.1: sample a trajectory frame, then add noise
+      frames_path="",       # frames by sid: <sid>.traj folder or S2EF LMDBs
       noise_fixed_atoms=True,
       limit=0,              # read at most this many structures per split
       skip_invalid=False,   # skip (and list) bad inputs instead of exit 2

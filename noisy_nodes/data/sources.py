@@ -34,7 +34,7 @@ import numpy as np
 from noisy_nodes.data.structures import Structure
 
 __all__ = ["Source", "ListSource", "Subset", "Concat", "Mapped", "LazyHandle",
-           "as_source"]
+           "validated", "as_source"]
 
 
 class Source(collections.abc.Sequence):
@@ -176,12 +176,19 @@ class Concat(Source):
 
 
 class Mapped(Source):
-  """``fn(source[i], i)`` on access (a per-sample transform or check)."""
+  """``fn(source[i], i)`` on access (a per-sample transform or check).
+
+  ``fn`` must be picklable (a module-level function or callable object).
+  ``keeps_targets``: ``fn`` leaves targets unchanged, so ``targets(i)``
+  takes the source's fast path.
+  """
 
   def __init__(self, source: Sequence[Structure],
-               fn: Callable[[Structure, int], Structure]):
+               fn: Callable[[Structure, int], Structure],
+               keeps_targets: bool = True):
     self.source = as_source(source)
     self.fn = fn
+    self.keeps_targets = keeps_targets
 
   def __len__(self) -> int:
     return len(self.source)
@@ -192,6 +199,11 @@ class Mapped(Source):
   def _name(self, i: int) -> str:
     return self.source._name(i)  # pylint: disable=protected-access
 
+  def _targets(self, i: int):
+    if self.keeps_targets:
+      return self.source._targets(i)  # pylint: disable=protected-access
+    return self._read(i).targets
+
   def _num_atoms(self, i: int) -> int:
     return self.source._num_atoms(i)  # pylint: disable=protected-access
 
@@ -199,29 +211,90 @@ class Mapped(Source):
 class LazyHandle:
   """A handle opened on first use in each process, dropped by pickling.
 
-  ``LazyHandle(opener, *args)`` calls ``opener(*args)`` the first time
-  ``get()`` is called in a process (the pid is compared on every call, so a
-  forked child re-opens rather than share its parent's LMDB environment or
-  file offset); ``opener`` and ``args`` must be picklable (a module-level
-  function and paths).
+  ``LazyHandle(opener, *args, closer=None)`` calls ``opener(*args)`` the
+  first time ``get()`` is called in a process (the pid is compared on every
+  call, so a forked child opens its own rather than share its parent's LMDB
+  environment or file offset); ``closer(*args)``, if given, is called when
+  the handle is garbage-collected in the process that opened it. ``opener``,
+  ``closer`` and ``args`` must be picklable (module-level functions, paths).
   """
 
-  def __init__(self, opener: Callable[..., Any], *args):
-    self.opener, self.args = opener, args
+  def __init__(self, opener: Callable[..., Any], *args,
+               closer: Optional[Callable[..., Any]] = None):
+    self.opener, self.args, self.closer = opener, args, closer
     self._handle, self._pid = None, None
 
   def get(self):
     pid = os.getpid()
     if self._handle is None or self._pid != pid:
+      # A handle inherited through fork is the parent's: dropped, not closed.
       self._handle, self._pid = self.opener(*self.args), pid
     return self._handle
 
+  def close(self) -> None:
+    if self._handle is not None and self._pid == os.getpid():
+      self._handle = None
+      if self.closer is not None:
+        self.closer(*self.args)
+    self._handle = None
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass  # interpreter shutdown
+
   def __getstate__(self):
-    return {"opener": self.opener, "args": self.args}
+    return {"opener": self.opener, "args": self.args, "closer": self.closer}
 
   def __setstate__(self, state):
     self.opener, self.args = state["opener"], state["args"]
+    self.closer = state.get("closer")
     self._handle, self._pid = None, None
+
+
+def validated(source: Sequence[Structure], skip_invalid: bool = False,
+              report: Optional[List[str]] = None, check=None,
+              upfront: bool = False) -> Source:
+  """``structures.validate_all`` for a source, without holding structures.
+
+  With ``skip_invalid`` every sample is read once, up front (time O(N),
+  memory O(1)): the result is the ``Subset`` of the valid ones and each
+  fault a "sample: fault" line of ``report`` (data_report.json). Without it
+  nothing is read now: each sample is checked when it is read, and the
+  first bad one raises ``DataError`` naming it (file, or id), so a fault is
+  never silent; where the task's ``setup`` reads every sample (statistics,
+  cached graphs) that is before training starts. ``upfront=True`` reads and
+  checks every sample now even without ``skip_invalid`` (small splits that
+  are read in full anyway: validation sets), raising at the first fault.
+  """
+  from noisy_nodes.data.structures import DataError, validate_one  # pylint: disable=g-import-not-at-top
+  source = as_source(source)
+  if not skip_invalid and not upfront:
+    return Mapped(source, _Check(check))
+  keep = []
+  for i in range(len(source)):
+    try:
+      validate_one(source._read(i), check)  # pylint: disable=protected-access
+      keep.append(i)
+    except DataError as err:
+      if not skip_invalid:
+        raise
+      if report is not None:
+        report.append(str(err))
+  return source if len(keep) == len(source) else Subset(source, keep)
+
+
+class _Check:
+  """Picklable ``Mapped`` function: ``validate_one`` on access."""
+
+  def __init__(self, check):
+    self.check = check
+
+  def __call__(self, s: Structure, i: int) -> Structure:
+    del i
+    from noisy_nodes.data.structures import validate_one  # pylint: disable=g-import-not-at-top
+    return validate_one(s, self.check)
 
 
 def as_source(data: Sequence[Structure]) -> Source:

@@ -239,16 +239,24 @@ def validate_all(structures: Sequence[Structure], skip_invalid: bool = False,
   """
   out = []
   for s in structures:
-    sample = s.info.get("source", s.id) if s.info else s.id
     try:
-      s.validate()
-      if check is not None:
-        check(s, sample)
-      out.append(s)
-    except DataError as e:
-      err = e if e.sample == sample else DataError(sample, e.fault)
+      out.append(validate_one(s, check))
+    except DataError as err:
       if not skip_invalid:
         raise err from None
       if report is not None:
         report.append(str(err))
   return out
+
+
+def validate_one(s: Structure, check=None) -> Structure:
+  """``s.validate()`` and ``check(s, sample)``; the ``DataError`` names the
+  source file (``info['source']``) when the structure has one, else its id."""
+  sample = s.info.get("source", s.id) if s.info else s.id
+  try:
+    s.validate()
+    if check is not None:
+      check(s, sample)
+  except DataError as e:
+    raise (e if e.sample == sample else DataError(sample, e.fault)) from None
+  return s

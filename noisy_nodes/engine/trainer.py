@@ -111,8 +111,8 @@ class Experiment:
       os.makedirs(self.workdir, exist_ok=True)
       with open(os.path.join(self.workdir, "data_report.json"), "w") as f:
         json.dump({"num_skipped": len(skipped), "skipped": skipped,
-                   "splits": {k: len(v) for k, v in self.splits.items()}},
-                  f, indent=2)
+                   "splits": {k: len(v) for k, v in self.splits.items()},
+                   **getattr(self.task, "data_report", {})}, f, indent=2)
 
   # -- featurisation -----------------------------------------------------------
   def graphs(self, split: str) -> List[jraph.GraphsTuple]:

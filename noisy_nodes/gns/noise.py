@@ -143,7 +143,8 @@ def relaxation_sample(positions: np.ndarray, positions_relaxed: np.ndarray,
     positions_relaxed: [n, 3] relaxed positions v'.
     sigma: noise standard deviation (Å).
     rng: numpy random generator.
-    frames_positions: optional [F, n, 3] trajectory frames.
+    frames_positions: optional [F, n, 3] trajectory frames, or a lazy
+      sequence of F frames [n, 3] (only the drawn one is read).
     fixed: see ``corrupt_positions``.
     cell, pbc: when given, Δ is taken to the minimum image.
     sample: id for error messages.
@@ -153,15 +154,24 @@ def relaxation_sample(positions: np.ndarray, positions_relaxed: np.ndarray,
   v = np.asarray(positions, np.float64)
   frame = -1
   if frames_positions is not None:
-    frames_positions = np.asarray(frames_positions, np.float64)
-    if frames_positions.ndim != 3 or frames_positions.shape[0] == 0 or (
-        frames_positions.shape[1:] != v.shape):
-      raise DataError(sample, f"frames_positions has shape "
-                      f"{frames_positions.shape}, expected [F>0, {len(v)}, 3]")
-    frame = int(rng.integers(frames_positions.shape[0])
-                if hasattr(rng, "integers")
-                else rng.randint(frames_positions.shape[0]))
-    v = frames_positions[frame]
+    # An array [F, n, 3], or a lazy sequence of F frames (``len`` and
+    # ``[f]``, e.g. ``oc20.frames.SystemFrames``): only frame f is read.
+    if isinstance(frames_positions, (np.ndarray, list, tuple)):
+      frames_positions = np.asarray(frames_positions, np.float64)
+      if frames_positions.ndim != 3 or frames_positions.shape[0] == 0 or (
+          frames_positions.shape[1:] != v.shape):
+        raise DataError(sample, f"frames_positions has shape "
+                        f"{frames_positions.shape}, expected [F>0, {len(v)}, "
+                        "3]")
+    count = len(frames_positions)
+    if count == 0:
+      raise DataError(sample, "trajectory has no frames")
+    frame = int(rng.integers(count) if hasattr(rng, "integers")
+                else rng.randint(count))
+    v = np.asarray(frames_positions[frame], np.float64)
+    if v.shape != (len(positions), 3):
+      raise DataError(sample, f"trajectory frame {frame} has shape {v.shape},"
+                      f" expected ({len(positions)}, 3)")
   relaxed = np.asarray(positions_relaxed, np.float64)
   if relaxed.shape != v.shape:
     raise DataError(sample, f"positions_relaxed has shape {relaxed.shape}, "

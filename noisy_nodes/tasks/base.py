@@ -50,11 +50,15 @@ class Task(abc.ABC):
     #: "sample: fault" lines of inputs skipped under data.skip_invalid; the
     #: engine writes them to DIR/data_report.json and logs their count.
     self.skipped: List[str] = []
+    #: More of what the data held, merged into DIR/data_report.json (e.g.
+    #: OC20's systems without trajectory frames).
+    self.data_report: Dict[str, Any] = {}
 
   # -- data ------------------------------------------------------------------
   @abc.abstractmethod
-  def load_splits(self) -> Dict[str, List[Structure]]:
-    """Returns {'train': [...], 'val': [...], 'test': [...]} (test optional)."""
+  def load_splits(self) -> Dict[str, Sequence[Structure]]:
+    """{'train': ..., 'val': ..., 'test': ...} (test optional): each a
+    ``noisy_nodes.data.sources.Source`` read on demand (or a list)."""
 
   def setup(self, train: Sequence[Structure]) -> None:
     """Fits statistics on the training split (target mean/std...)."""

@@ -38,9 +38,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from noisy_nodes.data.sources import LazyHandle, Source
 from noisy_nodes.data.structures import DataError, Structure
 
 _TORCH_MAGIC = 0x1950a86a20f9469cfc6c
+# Structure.targets name <- Data field.
+_TARGET_FIELDS = (("energy_relaxed", "y_relaxed"), ("energy_initial", "y_init"))
 _TORCH_PROTOCOL = 1001
 
 _STORAGE_DTYPES = {
@@ -267,8 +270,7 @@ def data_to_structure(fields: Dict[str, Any], sample: str,
         raise DataError(sample, f"{key} has {v.shape[0]} rows, expected {n}")
       node_arrays[name] = v
   targets = {}
-  for name, key in (("energy_relaxed", "y_relaxed"),
-                    ("energy_initial", "y_init")):
+  for name, key in _TARGET_FIELDS:
     v = get(key, required=False)
     if v is not None:
       targets[name] = float(np.asarray(v).reshape(-1)[0])
@@ -302,53 +304,152 @@ def check_lmdb_complete(env, path: str, data_file: str) -> None:
                     f"records {need} bytes of pages")
 
 
-def read_legacy_lmdb(path: str, limit: Optional[int] = None
-                     ) -> List[Structure]:
-  """Reads a fairchem ``data.lmdb`` (file, or a directory holding one)."""
-  import lmdb  # pylint: disable=g-import-not-at-top
+# py-lmdb refuses a second open of one environment in a process: readers of
+# one file (sources and their pickled copies) share it, counted, and the
+# last release closes it (so the file can be opened again, e.g. to write).
+# Keyed by pid: a forked child opens its own.
+_ENVS: Dict[tuple, list] = {}
+
+
+def _env_key(path: str, subdir: Optional[bool]):
   if not os.path.exists(path):
     raise DataError(path, "file not found")
-  subdir = os.path.isdir(path)
-  if not subdir and os.path.getsize(path) == 0:
-    raise DataError(path, "empty file")
+  if subdir is None:
+    subdir = os.path.isdir(path)
+  return (os.path.realpath(path), bool(subdir), os.getpid()), bool(subdir)
+
+
+def open_lmdb(path: str, subdir: Optional[bool] = None):
+  """A read-only LMDB environment, checked complete (``DataError`` if not).
+
+  ``subdir``: None decides from ``path`` (a folder holding ``data.mdb``).
+  One environment per file and process, shared by its readers: pair each
+  call with ``release_lmdb(path, subdir)``.
+  """
+  key, subdir = _env_key(path, subdir)
+  entry = _ENVS.get(key)
+  if entry is None:
+    if not subdir and os.path.getsize(path) == 0:
+      raise DataError(path, "empty file")
+    entry = _ENVS[key] = [_open_lmdb(path, subdir), 0]
+  entry[1] += 1
+  return entry[0]
+
+
+def release_lmdb(path: str, subdir: Optional[bool] = None) -> None:
+  """Undoes one ``open_lmdb``; the last one closes the environment."""
+  try:
+    key, _ = _env_key(path, subdir)
+  except DataError:
+    key = None
+  entry = _ENVS.get(key) if key else None
+  if entry is None:
+    return
+  entry[1] -= 1
+  if entry[1] <= 0:
+    del _ENVS[key]
+    entry[0].close()
+
+
+def _open_lmdb(path: str, subdir: bool):
+  import lmdb  # pylint: disable=g-import-not-at-top
   try:
     env = lmdb.open(path, subdir=subdir, readonly=True, lock=False,
-                    readahead=False, meminit=False)
+                    readahead=False, meminit=False, max_readers=512)
   except lmdb.Error as e:
     raise DataError(path, f"not a readable LMDB ({e})") from None
   check_lmdb_complete(env, path, os.path.join(path, "data.mdb") if subdir
                       else path)
-  out = []
+  return env
+
+
+def lmdb_keys(env, path: str) -> List[bytes]:
+  """Every key of an environment (keys only: values are not touched)."""
+  import lmdb  # pylint: disable=g-import-not-at-top
   try:
     with env.begin() as txn:
-      keys = []
-      try:
-        for k in txn.cursor().iternext(keys=True, values=False):
-          keys.append(bytes(k))
-      except lmdb.Error as e:
-        raise DataError(path, f"corrupt LMDB ({e})") from None
-      length = txn.get(b"length")
-      idx = sorted(int(k) for k in keys if k.isdigit())
-      if length is not None:
-        want = pickle.loads(length) if length[:1] == b"\x80" else None
-        if isinstance(want, int) and want != len(idx):
-          raise DataError(path, f"'length' says {want} samples, found "
-                          f"{len(idx)} keys")
-      if not idx:
-        raise DataError(path, "no samples (keys '0'..'N-1') in the LMDB")
-      if idx != list(range(len(idx))):
-        raise DataError(path, "sample keys are not contiguous 0..N-1")
-      for i in idx[:limit]:
-        sample = f"{path}[{i}]"
-        try:
-          blob = txn.get(str(i).encode("ascii"))
-        except lmdb.Error as e:
-          raise DataError(sample, f"corrupt LMDB ({e})") from None
-        out.append(data_to_structure(unpickle_data(bytes(blob), sample),
-                                     sample, path))
-  finally:
-    env.close()
-  return out
+      return [bytes(k) for k in txn.cursor().iternext(keys=True,
+                                                       values=False)]
+  except lmdb.Error as e:
+    raise DataError(path, f"corrupt LMDB ({e})") from None
+
+
+def lmdb_get(env, key: bytes, sample: str) -> bytes:
+  """The value at ``key``; ``DataError(sample)`` if missing or unreadable."""
+  import lmdb  # pylint: disable=g-import-not-at-top
+  try:
+    with env.begin() as txn:
+      blob = txn.get(key)
+  except lmdb.Error as e:
+    raise DataError(sample, f"corrupt LMDB ({e})") from None
+  if blob is None:
+    raise DataError(sample, f"key {key.decode('ascii', 'replace')!r} missing")
+  return bytes(blob)
+
+
+class LegacyLmdbSource(Source):
+  """A fairchem ``data.lmdb`` read on demand: ``source[i]`` is key ``b"i"``.
+
+  Construction opens the file once to check it (complete, keys ``0..N-1``
+  contiguous, ``length`` consistent) and keeps only ``N``; each process that
+  reads opens its own environment (``LazyHandle``). A record that does not
+  unpickle or decode raises ``DataError("FILE[i]", fault)``.
+  ``targets(i)`` unpickles without building or validating the structure.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    env = open_lmdb(path)
+    try:
+      keys = lmdb_keys(env, path)
+      length = lmdb_get(env, b"length", path) if b"length" in keys else None
+    finally:
+      release_lmdb(path)
+    idx = sorted(int(k) for k in keys if k.isdigit())
+    if length is not None:
+      want = pickle.loads(length) if length[:1] == b"\x80" else None
+      if isinstance(want, int) and want != len(idx):
+        raise DataError(path, f"'length' says {want} samples, found "
+                        f"{len(idx)} keys")
+    if not idx:
+      raise DataError(path, "no samples (keys '0'..'N-1') in the LMDB")
+    if idx[0] != 0 or idx[-1] != len(idx) - 1:
+      raise DataError(path, "sample keys are not contiguous 0..N-1")
+    self.n = len(idx)
+    self._env = LazyHandle(open_lmdb, path, closer=release_lmdb)
+
+  def __len__(self) -> int:
+    return self.n
+
+  def _fields(self, i: int):
+    sample = f"{self.path}[{i}]"
+    blob = lmdb_get(self._env.get(), str(i).encode("ascii"), sample)
+    return unpickle_data(blob, sample), sample
+
+  def _read(self, i: int) -> Structure:
+    fields, sample = self._fields(i)
+    return data_to_structure(fields, sample, self.path)
+
+  def _name(self, i: int) -> str:
+    fields, sample = self._fields(i)
+    sid = fields.get("sid")
+    return sample if sid is None else str(np.asarray(sid).reshape(-1)[0].item())
+
+  def _targets(self, i: int) -> Dict[str, np.ndarray]:
+    fields, _ = self._fields(i)
+    return {name: np.float64(np.asarray(fields[key]).reshape(-1)[0])
+            for name, key in _TARGET_FIELDS if fields.get(key) is not None}
+
+  def _num_atoms(self, i: int) -> int:
+    fields, _ = self._fields(i)
+    return int(np.asarray(fields["atomic_numbers"]).reshape(-1).shape[0])
+
+
+def read_legacy_lmdb(path: str, limit: Optional[int] = None
+                     ) -> List[Structure]:
+  """Reads a fairchem ``data.lmdb`` (file, or a directory holding one)."""
+  source = LegacyLmdbSource(path)
+  return list(source if limit is None else source[:limit])
 
 
 # -- writer (tests, and converting our data for fairchem tools) -----------------

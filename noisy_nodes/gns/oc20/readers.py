@@ -38,7 +38,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from noisy_nodes.gns.oc20.legacy_lmdb import check_lmdb_complete
+from noisy_nodes.data.sources import LazyHandle, Source
+from noisy_nodes.gns.oc20.legacy_lmdb import LegacyLmdbSource  # noqa: F401
+from noisy_nodes.gns.oc20.legacy_lmdb import (lmdb_get, lmdb_keys, open_lmdb,
+                                              release_lmdb)
 from noisy_nodes.gns.oc20.legacy_lmdb import read_legacy_lmdb  # noqa: F401
 from noisy_nodes.data.structures import DataError, Structure
 
@@ -189,24 +192,59 @@ def read_trajectory(path: str, gas_refs: Optional[Mapping[str, float]] = None,
   return [_validated(s, path)]
 
 
+class TrajectorySource(Source):
+  """One system per ASE ``.traj`` file (fairchem's raw relaxations), each
+  read by ``read_trajectory`` when accessed; ``name(i)`` is the file stem
+  (the OC20 sid) without opening the file."""
+
+  def __init__(self, files: Sequence[str]):
+    self.files = [str(f) for f in files]
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def _read(self, i: int) -> Structure:
+    return read_trajectory(self.files[i])[0]
+
+  def _name(self, i: int) -> str:
+    return os.path.splitext(os.path.basename(self.files[i]))[0]
+
+
 # -- ASE database (sqlite / json) ----------------------------------------------
-def read_ase_db(path: str, selection: Optional[str] = None
-                ) -> List[Structure]:
-  """Rows of an ASE database -> [Structure] (see ``row_dict_to_structure``)."""
-  import ase.db  # pylint: disable=g-import-not-at-top
-  _check_file(path)
-  out = []
-  try:
-    db = ase.db.connect(path)
-    rows = list(db.select(selection) if selection else db.select())
-  except DataError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    raise DataError(path, f"unreadable ASE database "
-                    f"({type(e).__name__}: {e})") from None
-  if not rows:
-    raise DataError(path, "database has no rows")
-  for row in rows:
+class AseDbSource(Source):
+  """Rows of an ASE database (``.db`` sqlite or ``.json``) read on demand.
+
+  Construction selects the row ids only; ``source[i]`` fetches one row (see
+  ``row_dict_to_structure``). Each process opens its own connection.
+  """
+
+  def __init__(self, path: str, selection: Optional[str] = None):
+    _check_file(path)
+    self.path = path
+    try:
+      db = _connect_db(path)
+      rows = db.select(selection, include_data=False)
+      self.ids = np.asarray([row.id for row in rows], np.int64)
+    except DataError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataError(path, f"unreadable ASE database "
+                      f"({type(e).__name__}: {e})") from None
+    if not len(self.ids):
+      raise DataError(path, "database has no rows")
+    self._db = LazyHandle(_connect_db, path)
+
+  def __len__(self) -> int:
+    return int(self.ids.shape[0])
+
+  def _read(self, i: int) -> Structure:
+    rid = int(self.ids[i])
+    sample = f"{self.path}[id={rid}]"
+    try:
+      row = self._db.get().get(id=rid)
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataError(sample, f"unreadable row ({type(e).__name__}: {e})"
+                      ) from None
     dct = {"numbers": row.numbers, "positions": row.positions,
            "cell": np.asarray(row.cell), "pbc": row.pbc,
            "tags": row.get("tags"),
@@ -214,9 +252,18 @@ def read_ase_db(path: str, selection: Optional[str] = None
            "energy": row.get("energy"),
            "key_value_pairs": dict(row.key_value_pairs),
            "data": dict(row.data or {})}
-    out.append(row_dict_to_structure(dct, f"{path}[id={row.id}]", path,
-                                     row.id))
-  return out
+    return row_dict_to_structure(dct, sample, self.path, rid)
+
+
+def _connect_db(path: str):
+  import ase.db  # pylint: disable=g-import-not-at-top
+  return ase.db.connect(path)
+
+
+def read_ase_db(path: str, selection: Optional[str] = None
+                ) -> List[Structure]:
+  """Rows of an ASE database -> [Structure] (see ``row_dict_to_structure``)."""
+  return list(AseDbSource(path, selection))
 
 
 def row_dict_to_structure(dct: Mapping[str, Any], sample: str, source: str,
@@ -297,58 +344,69 @@ def row_dict_to_structure(dct: Mapping[str, Any], sample: str, source: str,
 
 
 # -- fairchem ASE-LMDB ------------------------------------------------------------
+def _aselmdb_value(path: str, key, raw: bytes):
+  import orjson  # pylint: disable=g-import-not-at-top
+  try:
+    return orjson.loads(zlib.decompress(raw))
+  except (zlib.error, orjson.JSONDecodeError) as e:
+    raise DataError(f"{path}[{key}]", f"corrupt value, not zlib-compressed"
+                    f" JSON ({e})") from None
+
+
+class AseLmdbSource(Source):
+  """A fairchem ``*.aselmdb`` read on demand, rows in id order.
+
+  Construction reads the keys and the reserved ``nextid`` / ``deleted_ids``
+  only; ``source[i]`` decompresses and decodes one row. A row that does not
+  decode raises ``DataError("FILE[id]", fault)``.
+  """
+
+  def __init__(self, path: str):
+    _check_file(path)
+    self.path = path
+    env = open_lmdb(path, subdir=False)  # a truncated file would be SIGBUS
+    try:
+      keys = set(lmdb_keys(env, path))
+      values = {k: lmdb_get(env, k, path) for k in _RESERVED_KEYS
+                if k in keys}
+    finally:
+      release_lmdb(path, subdir=False)
+    deleted = set()
+    if b"deleted_ids" in values:
+      deleted = set(_aselmdb_value(path, "deleted_ids",
+                                   values[b"deleted_ids"]) or [])
+    ids = sorted(int(k) for k in keys if k.isdigit())
+    ids = [i for i in ids if i not in deleted]
+    if not ids:
+      raise DataError(path, "no rows (keys '1'..'N') in the ASE-LMDB")
+    if b"nextid" in values:
+      nextid = _aselmdb_value(path, "nextid", values[b"nextid"])
+      if not isinstance(nextid, int) or nextid <= ids[-1]:
+        raise DataError(path, f"nextid {nextid!r} is not above the last "
+                        f"row id {ids[-1]}")
+    self.ids = np.asarray(ids, np.int64)
+    self._env = LazyHandle(open_lmdb, path, False, closer=release_lmdb)
+
+  def __len__(self) -> int:
+    return int(self.ids.shape[0])
+
+  def _row(self, i: int):
+    rid = int(self.ids[i])
+    sample = f"{self.path}[{rid}]"
+    dct = _aselmdb_value(self.path, rid, lmdb_get(
+        self._env.get(), str(rid).encode("ascii"), sample))
+    if not isinstance(dct, dict):
+      raise DataError(sample, "row is not a JSON object")
+    return dct, sample, rid
+
+  def _read(self, i: int) -> Structure:
+    dct, sample, rid = self._row(i)
+    return row_dict_to_structure(dct, sample, self.path, rid)
+
+
 def read_aselmdb(path: str) -> List[Structure]:
   """A fairchem ``*.aselmdb`` file -> [Structure], in id order."""
-  import lmdb  # pylint: disable=g-import-not-at-top
-  import orjson  # pylint: disable=g-import-not-at-top
-  _check_file(path)
-  try:
-    env = lmdb.open(path, subdir=False, readonly=True, lock=False,
-                    readahead=False, meminit=False)
-  except lmdb.Error as e:
-    raise DataError(path, f"not a readable LMDB ({e})") from None
-  check_lmdb_complete(env, path, path)  # a truncated file would be SIGBUS
-
-  def load(key, raw):
-    try:
-      return orjson.loads(zlib.decompress(raw))
-    except (zlib.error, orjson.JSONDecodeError) as e:
-      raise DataError(f"{path}[{key}]", f"corrupt value, not zlib-compressed"
-                      f" JSON ({e})") from None
-
-  out = []
-  try:
-    with env.begin() as txn:
-      try:  # keys only: values are read one at a time below
-        keys = [bytes(k) for k in txn.cursor().iternext(values=False)]
-        values = {k: bytes(txn.get(k)) for k in _RESERVED_KEYS
-                  if txn.get(k) is not None}
-      except lmdb.Error as e:
-        raise DataError(path, f"corrupt LMDB ({e})") from None
-      deleted = set()
-      if b"deleted_ids" in values:
-        deleted = set(load("deleted_ids", values[b"deleted_ids"]) or [])
-      ids = sorted(int(k) for k in keys if k.isdigit())
-      ids = [i for i in ids if i not in deleted]
-      if not ids:
-        raise DataError(path, "no rows (keys '1'..'N') in the ASE-LMDB")
-      if b"nextid" in values:
-        nextid = load("nextid", values[b"nextid"])
-        if not isinstance(nextid, int) or nextid <= ids[-1]:
-          raise DataError(path, f"nextid {nextid!r} is not above the last "
-                          f"row id {ids[-1]}")
-      for i in ids:
-        try:
-          raw = bytes(txn.get(str(i).encode("ascii")))
-        except lmdb.Error as e:
-          raise DataError(f"{path}[{i}]", f"corrupt LMDB ({e})") from None
-        dct = load(i, raw)
-        if not isinstance(dct, dict):
-          raise DataError(f"{path}[{i}]", "row is not a JSON object")
-        out.append(row_dict_to_structure(dct, f"{path}[{i}]", path, i))
-  finally:
-    env.close()
-  return out
+  return list(AseLmdbSource(path))
 
 
 def structure_to_row_dict(s: Structure) -> Dict[str, Any]:

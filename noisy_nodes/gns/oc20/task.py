@@ -47,12 +47,16 @@ from noisy_nodes.gns import model as gns_lib
 from noisy_nodes.gns import noise
 from noisy_nodes.data.graphs import structure_to_graph
 from noisy_nodes.gns.oc20 import metrics as oc20_metrics
-from noisy_nodes.data.structures import DataError, Structure, validate_all
+from noisy_nodes.data.sources import Concat, Source, Subset, validated
+from noisy_nodes.data.structures import DataError, Structure
 from noisy_nodes.tasks.base import Task
 
 SPLIT_NAMES = ("train", "val", "test")
 _SUFFIXES = {".aselmdb": "aselmdb", ".traj": "traj", ".db": "ase_db",
              ".json": "ase_db", ".lmdb": "legacy_lmdb"}
+# data.format -> the readers' source class (traj: one file per system).
+_OPENERS = {"aselmdb": "AseLmdbSource", "ase_db": "AseDbSource",
+            "legacy_lmdb": "LegacyLmdbSource", "traj": "TrajectorySource"}
 
 
 # -- reading -------------------------------------------------------------------
@@ -86,33 +90,40 @@ def _data_files(path: str, fmt: str) -> List[str]:
   return files
 
 
-def read_path(path: str, fmt: str = "", limit: int = 0,
-              skipped: Optional[List[str]] = None) -> List[Structure]:
-  """Every structure of a file or folder (sorted file order).
+def open_path(path: str, fmt: str = "",
+              skipped: Optional[List[str]] = None) -> Source:
+  """Every structure of a file or folder (sorted file order), as a source
+  read on demand (nothing is parsed here: files are indexed).
 
-  With ``skipped`` (a list: ``data.skip_invalid``) a file that does not read
-  is listed there and skipped instead of raising.
+  With ``skipped`` (a list: ``data.skip_invalid``) a file that cannot be
+  indexed is listed there and skipped instead of raising.
   """
   from noisy_nodes.gns.oc20 import readers  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise DataError(path, "no such file or folder (data.path)")
   fmt = fmt or infer_format(path)
-  read = {"aselmdb": readers.read_aselmdb, "traj": readers.read_trajectory,
-          "ase_db": readers.read_ase_db,
-          "legacy_lmdb": readers.read_legacy_lmdb}.get(fmt)
-  if read is None:
+  files = _data_files(path, fmt) if fmt in _OPENERS else None
+  if files is None:
     raise DataError(path, f"unknown data.format {fmt!r}")
-  out: List[Structure] = []
-  for f in _data_files(path, fmt):
+  if fmt == "traj":  # one system per file: the file list is the index
+    return readers.TrajectorySource(files)
+  opener = getattr(readers, _OPENERS[fmt])
+  parts = []
+  for f in files:
     try:
-      out.extend(read(f))
+      parts.append(opener(f))
     except DataError as e:
       if skipped is None:
         raise
       skipped.append(f"{e} (file skipped)")
-    if limit and len(out) >= limit:
-      return out[:limit]
-  return out
+  return parts[0] if len(parts) == 1 else Concat(parts)
+
+
+def read_path(path: str, fmt: str = "", limit: int = 0,
+              skipped: Optional[List[str]] = None) -> List[Structure]:
+  """``open_path`` read into a list (at most ``limit`` structures)."""
+  source = open_path(path, fmt, skipped)
+  return list(source[:limit] if limit else source)
 
 
 def split_name(entry: str) -> Optional[str]:
@@ -166,6 +177,32 @@ def deterministic_split(n: int, val_fraction: float, test_fraction: float,
           "train": np.sort(perm[n_test + n_val:])}
 
 
+def _concat(parts: List[Source]) -> Source:
+  return parts[0] if len(parts) == 1 else Concat(parts)
+
+
+def _file_sources(splits: Dict[str, Source]) -> List[Source]:
+  """The per-file sources under the splits (Concat/Subset/Mapped opened)."""
+  out, todo = [], list(splits.values())
+  while todo:
+    s = todo.pop()
+    inner = getattr(s, "sources", None) or ([s.source] if hasattr(
+        s, "source") else None)
+    if inner is None:
+      out.append(s)
+    else:
+      todo.extend(inner)
+  return out
+
+
+def _first(source: Source) -> Structure:
+  return source[0]
+
+
+def _name(data: Sequence[Structure], i: int) -> str:
+  return data.name(i) if isinstance(data, Source) else data[i].id
+
+
 # -- the task --------------------------------------------------------------------
 class OC20Task(Task):
   """IS2RE (``data.task='is2re'``) or IS2RS (``'is2rs'``) with Noisy Nodes."""
@@ -190,6 +227,7 @@ class OC20Task(Task):
     self.mean, self.std = 0.0, 1.0
     self.position_scale = 1.0  # Å per unit of the node target and output
     self.energy_kind = "adsorption"
+    self.frames = None  # data.frames_path: a frames.FramesSource
     # The paper's IS2RS metric (Table 3) is ADwT, higher is better.
     self.selection_metric = str(config.train.get("select_metric", "") or (
         "adwt" if self.kind == "is2rs" else "energy_mae"))
@@ -197,7 +235,15 @@ class OC20Task(Task):
         "adwt", "energy_ewt", "ewt")
 
   # -- data ------------------------------------------------------------------
-  def load_splits(self) -> Dict[str, List[Structure]]:
+  def load_splits(self) -> Dict[str, Source]:
+    """{split: Source}: records are indexed here and read on demand.
+
+    Validation: every reader validates a record when it reads it (a bad one
+    raises ``DataError`` naming file and key). Validation splits, which
+    every evaluation reads in full, are checked up front (target present);
+    with ``data.skip_invalid`` every split is read once up front and its bad
+    records skipped and listed in data_report.json (docs/design.md, data).
+    """
     d = self.config.data
     limit = int(d.get("limit", 0) or 0)
     skip = bool(d.get("skip_invalid", False))
@@ -212,38 +258,63 @@ class OC20Task(Task):
         # Score a whole file or folder (evaluate --split=all): every
         # structure once, never a re-split.
         items = [i for v in entries.values() for i in v] or [path]
-        splits = {"all": [s for i in items
-                          for s in read_path(i, fmt, skipped=skipped)]}
+        splits = {"all": _concat([open_path(i, fmt, skipped)
+                                  for i in items])}
       elif entries:
-        splits = {split: [s for i in items
-                          for s in read_path(i, fmt, limit, skipped)]
+        splits = {split: _concat([open_path(i, fmt, skipped) for i in items])
                   for split, items in entries.items()}
       else:
-        everything = read_path(path, fmt, skipped=skipped)
+        everything = open_path(path, fmt, skipped)
         idx = deterministic_split(len(everything),
                                   float(d.get("val_fraction", 0.1)),
                                   float(d.get("test_fraction", 0.1)),
                                   int(d.get("split_seed", 0)))
-        splits = {k: [everything[i] for i in v] for k, v in idx.items()}
+        splits = {k: Subset(everything, v) for k, v in idx.items()}
     if limit:
       splits = {k: v[:limit] for k, v in splits.items()}
-    for name in [k for k in splits if k == "val" or k.startswith("val_")]:
-      if self._uses_energy() and splits[name]:
+    for name in list(splits):
+      is_val = name == "val" or name.startswith("val_")
+      check = self._check_target if is_val and self._uses_energy() else None
+      if skip or (check is not None and len(splits[name])):
         # A validation structure without the target would silently drop
         # every validation energy metric (and the best checkpoint).
-        splits[name] = validate_all(splits[name], skip, self.skipped,
-                                    check=self._check_target)
-    kinds = {s.info.get("energy_kind", "adsorption")
-             for v in splits.values() for s in v}
+        splits[name] = validated(splits[name], skip, self.skipped,
+                                 check=check, upfront=True)
+    kinds = {_first(v).info.get("energy_kind", "adsorption")
+             for v in _file_sources(splits) if len(v)}
     self.energy_kind = "total" if "total" in kinds else "adsorption"
     if self.energy_kind == "total" and self._uses_energy():
       logging.warning(
           "OC20 data holds TOTAL energies (no adsorption referencing): "
           "training and reporting '%s' as total energies, which is not the "
           "IS2RE adsorption-energy benchmark", self.target_name)
+    if "train" in splits and d.get("frames_path", ""):
+      self._join_frames(splits["train"])
     return splits
 
-  def _emt_splits(self) -> Dict[str, List[Structure]]:
+  def _join_frames(self, train: Source) -> None:
+    """``data.frames_path``: trajectory frames by sid for the training split
+    (IS2RE frame sampling); systems without frames are counted in
+    data_report.json with a warning, never silently trained without."""
+    from noisy_nodes.gns.oc20 import frames as frames_lib  # pylint: disable=g-import-not-at-top
+    d = self.config.data
+    cache = os.path.expanduser(str(d.get("cache_dir", "") or "")) or None
+    self.frames = frames_lib.FramesSource(str(d.frames_path), cache)
+    sids = [train.name(i) for i in range(len(train))]
+    missing = frames_lib.missing_systems(sids, self.frames)
+    self.data_report["frames"] = {
+        "path": str(d.frames_path), "kind": self.frames.kind,
+        "systems_with_frames": len(sids) - len(missing),
+        "systems_without_frames": len(missing),
+        "without_frames": missing[:1000]}
+    if missing:
+      logging.warning(
+          "%d of %d training systems have no trajectory frames in %s (e.g. "
+          "%s): they are trained from their initial structure; listed in "
+          "data_report.json", len(missing), len(sids), d.frames_path,
+          missing[0])
+
+  def _emt_splits(self) -> Dict[str, Source]:
     from noisy_nodes.gns.oc20 import emt, readers  # pylint: disable=g-import-not-at-top
     d = self.config.data
     cache = os.path.expanduser(str(d.get("cache_dir",
@@ -253,7 +324,7 @@ class OC20Task(Task):
                                workers=int(d.get("workers", 2)))
     logging.info("EMT data set (OC20-like, adsorption energies) in %s",
                  os.path.dirname(paths["train"]))
-    return {k: readers.read_aselmdb(p) for k, p in paths.items()}
+    return {k: readers.AseLmdbSource(p) for k, p in paths.items()}
 
   def _uses_energy(self) -> bool:
     return self.kind == "is2re" or float(
@@ -265,15 +336,25 @@ class OC20Task(Task):
                       f"{self.target_name!r} target")
 
   def _energy(self, s: Structure) -> Optional[float]:
-    t = s.targets.get(self.target_name)
+    return self._target_value(s.targets)
+
+  def _target_value(self, targets) -> Optional[float]:
+    t = targets.get(self.target_name)
     return None if t is None else float(np.asarray(t).reshape(-1)[-1])
 
   def setup(self, train: Sequence[Structure]) -> None:
-    """Target mean/std over the training split (§4: normalised targets)."""
-    e = [self._energy(s) for s in train]
-    missing = [s.id for s, v in zip(train, e) if v is None]
+    """Target mean/std over the training split (§4: normalised targets).
+
+    Reads the targets only (``source.targets(i)``: a legacy LMDB record is
+    unpickled, no structure is built), except for IS2RS, which checks every
+    structure for relaxed positions.
+    """
+    targets = (train.targets if isinstance(train, Source)
+               else lambda i: train[i].targets)
+    e = [self._target_value(targets(i)) for i in range(len(train))]
+    missing = [i for i, v in enumerate(e) if v is None]
     if missing and self._uses_energy():
-      raise DataError(missing[0], f"training structure has no "
+      raise DataError(_name(train, missing[0]), f"training structure has no "
                       f"{self.target_name!r} target ({len(missing)} lack it)")
     if self.kind == "is2rs":
       bad = [s.id for s in train if "positions_relaxed" not in s.node_arrays]
@@ -334,6 +415,11 @@ class OC20Task(Task):
     tags = np.asarray(arrays.get("tags", np.zeros(n)), np.int32)
     relaxed = arrays.get("positions_relaxed")
     frames = arrays.get("frames_positions")
+    if self.frames is not None and training:
+      # data.frames_path: the frames of this system, read when drawn.
+      sid = str(s.info.get("sid", s.id) if s.info else s.id)
+      if sid in self.frames:
+        frames = self.frames.system(sid)
     noise_fixed = None if d.get("noise_fixed_atoms", True) else fixed
     if training and rng is not None:
       if relaxed is not None:
