@@ -55,6 +55,7 @@ import optax  # noqa: E402
 
 import device_report  # noqa: E402
 import noisy_nodes  # noqa: E402,F401
+from noisy_nodes import nn  # noqa: E402
 from noisy_nodes.data import batching  # noqa: E402
 from noisy_nodes.engine import parallel  # noqa: E402
 from noisy_nodes.engine import precision  # noqa: E402
@@ -308,7 +309,7 @@ def memory_rows(batch):
                               ((1, 100), True)):
     compiled, init, _ = compiled_step(make_task(m_steps, remat, n), batch,
                                       donate=True)
-    nparams = sum(x.size for x in jax.tree_util.tree_leaves(init[0]))
+    nparams = nn.count_params(init[0])
     m = compiled.memory_analysis()
     peak = (m.argument_size_in_bytes + m.output_size_in_bytes +
             m.temp_size_in_bytes - m.alias_size_in_bytes)

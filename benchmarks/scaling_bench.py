@@ -70,6 +70,7 @@ def child(args) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
   import noisy_nodes  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from noisy_nodes import nn  # pylint: disable=g-import-not-at-top
   from noisy_nodes.engine import optim, parallel, trainer  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import device_report  # pylint: disable=g-import-not-at-top

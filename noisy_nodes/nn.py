@@ -305,3 +305,8 @@ def node_graph_index(n_node: jnp.ndarray, num_nodes: int) -> jnp.ndarray:
   """[N] index of the graph each node belongs to (static ``num_nodes``)."""
   return jnp.repeat(jnp.arange(n_node.shape[0]), n_node,
                     total_repeat_length=num_nodes)
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter tree (every model's count)."""
+  return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

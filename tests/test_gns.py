@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401  (jraph compat)
+from noisy_nodes import nn
 from noisy_nodes.gns import model as gns
 
 CUTOFF = 4.0
@@ -238,10 +239,10 @@ def test_block_iteration_shares_weights(slab_model):
       model_fn(num_block_iterations=n, num_message_passing_steps=m).init,
       jax.random.PRNGKey(0), g)
   p13, p33, p19 = shapes(1, 3), shapes(3, 3), shapes(1, 9)
-  assert gns.count_params(p13) == gns.count_params(p33)
+  assert nn.count_params(p13) == nn.count_params(p33)
   per_step = _block_params(p13) // 3
   assert per_step > 0 and _block_params(p13) == 3 * per_step
-  assert gns.count_params(p19) - gns.count_params(p13) == 6 * per_step
+  assert nn.count_params(p19) - nn.count_params(p13) == 6 * per_step
   assert jax.tree_util.tree_structure(p13) == jax.tree_util.tree_structure(
       p33)
   # The first block of the N=2 model is exactly the N=1 model with the same

@@ -17,7 +17,8 @@ from crystal.models import stack
 from crystal.models import skeleton
 from crystal.models import cgcnn, gatgnn, megnet, mpnn, schnet
 from crystal.models.norms import DiffGroupNorm
-from crystal.models.stack import count_params, format_params
+from crystal.models.stack import format_params
+from noisy_nodes.nn import count_params
 from crystal.models.gatgnn import AGATLayer, GATGNN
 from crystal.models.cgcnn import CGCNN, CGConv
 from crystal.models.schnet import SchNet, InteractionBlock

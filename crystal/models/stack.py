@@ -195,11 +195,6 @@ def output_head(x: jnp.ndarray, hidden: Sequence[int], num_targets: int,
                                 name="out")(x)
 
 
-def count_params(params) -> int:
-  """Total number of parameters in a Haiku params tree."""
-  return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
-
-
 def format_params(params) -> str:
   """Print-friendly per-module parameter table with the total."""
   lines = []
@@ -207,5 +202,5 @@ def format_params(params) -> str:
     size = sum(v.size for v in leaves.values())
     shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in sorted(leaves.items()))
     lines.append(f"{module:60s} {size:>10,d}  {shapes}")
-  lines.append(f"{'total':60s} {count_params(params):>10,d}")
+  lines.append(f"{'total':60s} {nn_lib.count_params(params):>10,d}")
   return "\n".join(lines)

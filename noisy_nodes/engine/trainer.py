@@ -7,8 +7,8 @@
   metrics.jsonl / TensorBoard / console with graphs/s and ETA.
 Resuming from the latest checkpoint restores parameters, optimiser, EMA, RNG,
 step, plateau state and each host's data position, so an interrupted run ends
-with bit-identical parameters (CPU).
-``evaluate(workdir, split, checkpoint)`` re-evaluates a saved run.
+with bit-identical parameters (CPU). ``noisy_nodes.load(workdir)`` (the
+``api``) re-evaluates and predicts with a saved run.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import jraph
 import ml_collections
 import numpy as np
 
+from noisy_nodes import nn
 from noisy_nodes.data import batching
 from noisy_nodes.engine import checkpoint as ckpt_lib
 from noisy_nodes.engine import checks
@@ -340,6 +341,154 @@ def plateau_monitor(config) -> str:
   return monitor
 
 
+def _make_plateau(config) -> Optional[optim.Plateau]:
+  p = config.optim.get("plateau", None)
+  if not (p and p.get("enabled", False)):
+    return None
+  return optim.Plateau(factor=p.factor, patience=p.patience, min_lr=p.min_lr,
+                       threshold=float(p.get("threshold", 1e-4)))
+
+
+class _Run:
+  """The state of one ``train`` call that its checkpoints hold.
+
+  The TrainState, step, each device's data position, the plateau schedule,
+  the best selection value and the training loss since the last plateau
+  step (weighted by graphs: the reference's epoch-mean training error).
+  """
+
+  def __init__(self, exp: Experiment, ts: parallel.TrainState,
+               budget: batching.Budget, ckpt: ckpt_lib.Checkpointer):
+    self.exp, self.ts, self.budget, self.ckpt = exp, ts, budget, ckpt
+    self.step = 0
+    self.position = None  # start of epoch 0 on every device
+    self.plateau = _make_plateau(exp.config)
+    self.best_value: Optional[float] = None
+    self.epoch_loss = {"sum": 0.0, "graphs": 0}
+
+  def restore_or_init(self, workdir: str) -> Optional[int]:
+    """Resumes from the latest checkpoint if there is one; returns its
+    step (None: a fresh run, kept as initialised)."""
+    exp, ckpt = self.exp, self.ckpt
+    if ckpt.latest_step() is None:
+      return None
+    self.ts, meta, resume_step = ckpt.restore(self.ts)
+    first_shard = jax.process_index() * exp.num_local
+    self.position = tuple(
+        batching.DataPosition(int(e), int(c)) for e, c in
+        meta["data_positions"][first_shard:first_shard + exp.num_local])
+    if len(meta["data_positions"]) != jax.device_count():
+      raise ResumeError(
+          f"checkpoint in {workdir} was written with "
+          f"{len(meta['data_positions'])} devices, this run has "
+          f"{jax.device_count()}: exact resume needs the same device count "
+          f"(on CPU: the same --cpu_devices)")
+    if self.plateau and meta.get("plateau"):
+      self.plateau = optim.Plateau(**meta["plateau"])
+    self.best_value = meta.get("best_value")
+    ckpt.set_aside(ckpt.skipped)  # so that this run can write them again
+    self.epoch_loss.update(meta.get("plateau_train_loss") or {})
+    self.step = int(resume_step)
+    logging.info("resuming from step %d (data epoch %d, sample %d on device "
+                 "0)", resume_step, self.position[0].epoch,
+                 self.position[0].cursor)
+    return resume_step
+
+  def save(self, which: str = "latest"):
+    positions = self.position or [batching.DataPosition()] * (
+        self.exp.num_local)
+    meta = _meta(self.exp, _gather_positions(positions), self.plateau,
+                 self.best_value, self.budget, self.step)
+    meta["plateau_train_loss"] = dict(self.epoch_loss)
+    self.ckpt.save(self.step, self.ts, meta, which)
+
+  def step_plateau(self, value: float):
+    """One ReduceLROnPlateau step on ``value`` (lower is better)."""
+    if self.plateau is not None:
+      scale = self.plateau.update(float(value),
+                                  float(self.exp.config.optim.lr))
+      self.ts = self.ts._replace(
+          opt_state=optim.set_lr_scale(self.ts.opt_state, scale))
+
+  def add_train_loss(self, loss: float, num_graphs: int):
+    self.epoch_loss["sum"] += float(loss) * num_graphs
+    self.epoch_loss["graphs"] += num_graphs
+
+  def step_plateau_on_train(self, monitor: str):
+    """Ends a plateau window: steps on its training loss if monitored."""
+    if monitor == "train" and self.epoch_loss["graphs"]:
+      self.step_plateau(self.epoch_loss["sum"] / self.epoch_loss["graphs"])
+    self.epoch_loss.update(sum=0.0, graphs=0)
+
+
+class MetricsWindow:
+  """Means of the step metrics, batch utilisation and the throughput over
+  the steps since the last log line."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self):
+    self.graphs, self.steps, self.sums, self.t = 0, 0, {}, time.time()
+
+  def add(self, metrics: Dict[str, Any], batch: batching.Batch):
+    self.graphs += batch.num_graphs
+    self.steps += 1
+    for k, v in list(metrics.items()) + list(
+        batching.utilisation(batch.graph).items()):
+      self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+  def means(self) -> Dict[str, float]:
+    """The window's means and graphs/s over every process."""
+    dt = time.time() - self.t
+    vals = {k: v / self.steps for k, v in self.sums.items()}
+    vals["graphs_per_sec"] = self.graphs * jax.process_count() / max(dt, 1e-9)
+    return vals
+
+
+class _Evaluation:
+  """Periodic validation: logs each split, keeps the best checkpoint by the
+  task's selection metric and steps a plateau schedule that watches it."""
+
+  def __init__(self, exp: Experiment):
+    config, tc = exp.config, exp.config.train
+    self.exp = exp
+    self.names = exp.validation_splits()
+    # train.select_split: 'average' (default: the mean over the validation
+    # splits, as the paper's tables) or one split's name, e.g. 'val_id'.
+    select = str(tc.get("select_split", "average") or "average")
+    self.select_split = "val" if select == "average" else select
+    if self.names and self.select_split not in self.names + ["val"]:
+      raise ConfigError(f"train.select_split={self.select_split}", f"the "
+                        f"validation splits are {self.names} (or 'average')")
+    self.metric = exp.task.selection_metric
+    self.sign = -1.0 if exp.task.selection_higher_is_better else 1.0
+    self.monitor = plateau_monitor(config)
+    self.use_ema = bool(config.optim.get("ema_decay", 0))
+
+  def __call__(self, run: _Run, log: logger_lib.MetricLogger
+               ) -> Dict[str, Any]:
+    """The averaged validation metrics at ``run.step`` ({}: no val data)."""
+    ts = run.ts
+    params = ts.ema_params if self.use_ema else ts.params
+    per_split = self.exp.evaluate_splits(params, ts.state, self.names,
+                                         run.budget)
+    if not per_split:
+      return {}
+    for name, m in per_split.items():
+      log.write(run.step, name, m)
+      logging.info("step %d %s: %s", run.step, name, _fmt(m))
+    value = per_split.get(self.select_split, {}).get(self.metric)
+    if value is not None:
+      value = self.sign * float(value)  # minimised
+      if run.best_value is None or value < run.best_value:
+        run.best_value = float(value)
+        run.save("best")
+      if self.monitor == "val":
+        run.step_plateau(value)
+    return per_split["val"]
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) the experiment described by ``config`` in ``workdir``.
 
@@ -361,185 +510,33 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   budget = exp.budget()
   logging.info("batch budget per device: %s", budget)
   optimizer = optim.make_optimizer(config.optim)
-  transformed = exp.transformed()
   stream = exp.train_stream(budget, int(tc.seed))
 
   # Initialise from the first batch's first device slice (shapes only).
   first = next(stream.iterate())
   example = jax.tree_util.tree_map(lambda x: x[0], first.graph)
   host_state = exp.init_state(example, optimizer)
-  ts = parallel.replicate(host_state, exp.mesh)
-  nparams = sum(int(np.prod(x.shape)) for x in
-                jax.tree_util.tree_leaves(host_state.params))
   logging.info("model %s: %s parameters", exp.task.describe(),
-               f"{nparams:,}")
-
-  ckpt = ckpt_lib.Checkpointer(workdir, int(tc.get("max_to_keep", 3)))
-  plateau = None
-  if config.optim.get("plateau", None) and config.optim.plateau.get(
-      "enabled", False):
-    p = config.optim.plateau
-    plateau = optim.Plateau(factor=p.factor, patience=p.patience,
-                            min_lr=p.min_lr,
-                            threshold=float(p.get("threshold", 1e-4)))
-  monitor = plateau_monitor(config)
-  # Training loss since the last plateau step, weighted by graphs (the
-  # reference's epoch-mean training error); checkpointed for exact resume.
-  epoch_loss = {"sum": 0.0, "graphs": 0}
-  best_value = None
-  position = None  # start of epoch 0 on every device
-  resume_step = ckpt.latest_step()
-  if resume_step is not None:
-    ts, meta, resume_step = ckpt.restore(ts)
-    first_shard = jax.process_index() * exp.num_local
-    position = tuple(batching.DataPosition(int(e), int(c)) for e, c in
-                     meta["data_positions"][first_shard:first_shard +
-                                            exp.num_local])
-    if len(meta["data_positions"]) != jax.device_count():
-      raise ResumeError(
-          f"checkpoint in {workdir} was written with "
-          f"{len(meta['data_positions'])} devices, this run has "
-          f"{jax.device_count()}: exact resume needs the same device count "
-          f"(on CPU: the same --cpu_devices)")
-    if plateau and meta.get("plateau"):
-      plateau = optim.Plateau(**meta["plateau"])
-    best_value = meta.get("best_value")
-    ckpt.set_aside(ckpt.skipped)  # so that this run can write them again
-    epoch_loss.update(meta.get("plateau_train_loss") or {})
-    logging.info("resuming from step %d (data epoch %d, sample %d on device "
-                 "0)", resume_step, position[0].epoch, position[0].cursor)
+               f"{nn.count_params(host_state.params):,}")
+  run = _Run(exp, parallel.replicate(host_state, exp.mesh), budget,
+             ckpt_lib.Checkpointer(workdir, int(tc.get("max_to_keep", 3))))
+  evaluate = _Evaluation(exp)  # checks train.select_split, the plateau
+  resume_step = run.restore_or_init(workdir)
   # Accepted: from here on the run writes to its workdir.
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   exp.write_data_report()
   step_fn = parallel.make_train_step(
-      exp.task, transformed, optimizer, exp.mesh,
+      exp.task, exp.transformed(), optimizer, exp.mesh,
       ema_decay=float(config.optim.get("ema_decay", 0.0)),
       policy=exp.policy)
-  num_steps = int(tc.num_steps)
-  log = logger_lib.MetricLogger(workdir, resume_step, num_steps)
-  flag = _SignalFlag()
-  step = int(resume_step or 0)
-  first_step = step
-  select = exp.task.selection_metric
-
-  def save(which="latest"):
-    positions = position or [batching.DataPosition()] * exp.num_local
-    meta = _meta(exp, _gather_positions(positions), plateau, best_value,
-                 budget, step)
-    meta["plateau_train_loss"] = dict(epoch_loss)
-    ckpt.save(step, ts, meta, which)
-
-  val_names = exp.validation_splits()
-  # train.select_split: 'average' (default: the mean over the validation
-  # splits, as the paper's tables) or one split's name, e.g. 'val_id'.
-  select_split = str(tc.get("select_split", "average") or "average")
-  select_split = "val" if select_split == "average" else select_split
-  if val_names and select_split not in val_names + ["val"]:
-    raise ConfigError(f"train.select_split={select_split}", f"the "
-                      f"validation splits are {val_names} (or 'average')")
-  sign = -1.0 if exp.task.selection_higher_is_better else 1.0
-
-  def run_eval():
-    nonlocal best_value, ts
-    eval_params = ts.ema_params if config.optim.get("ema_decay", 0) else (
-        ts.params)
-    per_split = exp.evaluate_splits(eval_params, ts.state, val_names, budget)
-    if not per_split:
-      return {}
-    for name, m in per_split.items():
-      log.write(step, name, m)
-      logging.info("step %d %s: %s", step, name, _fmt(m))
-    metrics = per_split["val"]
-    value = per_split.get(select_split, {}).get(select)
-    if value is not None:
-      value = sign * float(value)  # minimised
-    if value is not None and (best_value is None or value < best_value):
-      best_value = float(value)
-      save("best")
-    if monitor == "val" and value is not None:
-      step_plateau(value)
-    return metrics
-
-  def step_plateau(value):
-    nonlocal ts
-    if plateau is not None:
-      ts = ts._replace(opt_state=optim.set_lr_scale(
-          ts.opt_state, plateau.update(float(value), float(config.optim.lr))))
-
-  def step_plateau_on_train():
-    if monitor == "train" and epoch_loss["graphs"]:
-      step_plateau(epoch_loss["sum"] / epoch_loss["graphs"])
-    epoch_loss.update(sum=0.0, graphs=0)
-
-  batches = batching.Prefetcher(stream.iterate(position),
-                                int(config.batch.get("prefetch", 2)))
-  window = {"graphs": 0, "t": time.time(), "sums": {}, "n": 0}
-  val_metrics: Dict[str, Any] = {}
+  log = logger_lib.MetricLogger(workdir, resume_step, int(tc.num_steps))
   try:
-    while step < num_steps:
-      batch = next(batches)
-      if batch.skipped:
-        for msg in batch.skipped:
-          logging.warning("skipped oversized sample %s", msg)
-      graph = parallel.shard_batch(batch.graph, exp.mesh)
-      if step == first_step:
-        parallel.compile_ahead(step_fn, ts, graph)
-      ts, metrics = step_fn(ts, graph)
-      metrics = jax.device_get(metrics)  # block: queued CPU collectives can deadlock XLA's rendezvous
-      step += 1
-      position = batch.position
-      if not metrics["finite"]:
-        msg = (f"non-finite loss or gradients at step {step} (loss "
-               f"{metrics['loss']}); the update was not applied")
-        if not tc.get("skip_nonfinite", False):
-          kept = (f"last good checkpoint kept in {workdir}"
-                  if ckpt.latest_step() is not None else
-                  f"no checkpoint was written yet in {workdir}")
-          raise NonFiniteError(msg + f"; {kept}. Set "
-                               "train.skip_nonfinite=True to skip such steps.")
-        logging.warning(msg)
-      window["graphs"] += batch.num_graphs
-      if metrics["finite"]:
-        epoch_loss["sum"] += float(metrics["loss"]) * batch.num_graphs
-        epoch_loss["graphs"] += batch.num_graphs
-      window["n"] += 1
-      for k, v in metrics.items():
-        window["sums"][k] = window["sums"].get(k, 0.0) + float(v)
-      for k, v in batching.utilisation(batch.graph).items():
-        window["sums"][k] = window["sums"].get(k, 0.0) + v
-      if step % int(tc.log_every) == 0 or step == num_steps:
-        dt = time.time() - window["t"]
-        vals = {k: v / window["n"] for k, v in window["sums"].items()}
-        vals["graphs_per_sec"] = window["graphs"] * jax.process_count() / max(
-            dt, 1e-9)
-        vals["lr"] = optim.current_lr(config.optim, step, ts.opt_state)
-        vals["epoch"] = position[0].epoch
-        log.write(step, "train", vals)
-        logging.info("step %d/%d loss %.5g | %.1f graphs/s | util n/e/g "
-                     "%.2f/%.2f/%.2f | ETA %s", step, num_steps, vals["loss"],
-                     vals["graphs_per_sec"], vals["util_nodes"],
-                     vals["util_edges"], vals["util_graphs"], log.eta(step))
-        window = {"graphs": 0, "t": time.time(), "sums": {}, "n": 0}
-      if tc.get("eval_every", 0) and step % int(tc.eval_every) == 0:
-        val_metrics = run_eval()
-        step_plateau_on_train()
-      if step % int(tc.checkpoint_every) == 0:
-        save()
-      if _any_process(flag.received is not None):
-        save()
-        logging.warning("preempted at step %d: checkpoint written; rerun the "
-                        "same command to resume", step)
-        raise Preempted(flag.received or signal.SIGTERM)
-    if not tc.get("eval_every", 0) or step % int(tc.eval_every):
-      val_metrics = run_eval()
-    save()
+    val_metrics = _loop(run, stream, step_fn, log, evaluate)
   finally:
-    batches.close()
-    flag.restore()
     log.close()
-    ckpt.close()
+    run.ckpt.close()
   if jax.process_index() == 0:
     from noisy_nodes import plots  # pylint: disable=g-import-not-at-top
     png = plots.plot_learning_curve(workdir)
@@ -548,7 +545,76 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   if stream.skipped_total:
     logging.warning("%d oversized samples were skipped",
                     len(stream.skipped_total))
-  return {k: v for k, v in val_metrics.items()}
+  return dict(val_metrics)
+
+
+def _loop(run: _Run, stream: batching.GraphStream, step_fn,
+          log: logger_lib.MetricLogger, evaluate: _Evaluation
+          ) -> Dict[str, Any]:
+  """Steps ``run`` to ``train.num_steps``: logs, evaluates, checkpoints,
+  stops on preemption; returns the last validation metrics."""
+  exp, config = run.exp, run.exp.config
+  tc, workdir = config.train, exp.workdir
+  num_steps, eval_every = int(tc.num_steps), int(tc.get("eval_every", 0))
+  first_step = run.step
+  flag = _SignalFlag()
+  batches = batching.Prefetcher(stream.iterate(run.position),
+                                int(config.batch.get("prefetch", 2)))
+  window = MetricsWindow()
+  val_metrics: Dict[str, Any] = {}
+  try:
+    while run.step < num_steps:
+      batch = next(batches)
+      for msg in batch.skipped:
+        logging.warning("skipped oversized sample %s", msg)
+      graph = parallel.shard_batch(batch.graph, exp.mesh)
+      if run.step == first_step:
+        parallel.compile_ahead(step_fn, run.ts, graph)
+      run.ts, metrics = step_fn(run.ts, graph)
+      metrics = jax.device_get(metrics)  # block: queued CPU collectives can deadlock XLA's rendezvous
+      run.step += 1
+      step = run.step
+      run.position = batch.position
+      if not metrics["finite"]:
+        msg = (f"non-finite loss or gradients at step {step} (loss "
+               f"{metrics['loss']}); the update was not applied")
+        if not tc.get("skip_nonfinite", False):
+          kept = (f"last good checkpoint kept in {workdir}"
+                  if run.ckpt.latest_step() is not None else
+                  f"no checkpoint was written yet in {workdir}")
+          raise NonFiniteError(msg + f"; {kept}. Set "
+                               "train.skip_nonfinite=True to skip such steps.")
+        logging.warning(msg)
+      else:
+        run.add_train_loss(metrics["loss"], batch.num_graphs)
+      window.add(metrics, batch)
+      if step % int(tc.log_every) == 0 or step == num_steps:
+        vals = window.means()
+        vals["lr"] = optim.current_lr(config.optim, step, run.ts.opt_state)
+        vals["epoch"] = run.position[0].epoch
+        log.write(step, "train", vals)
+        logging.info("step %d/%d loss %.5g | %.1f graphs/s | util n/e/g "
+                     "%.2f/%.2f/%.2f | ETA %s", step, num_steps, vals["loss"],
+                     vals["graphs_per_sec"], vals["util_nodes"],
+                     vals["util_edges"], vals["util_graphs"], log.eta(step))
+        window.reset()
+      if eval_every and step % eval_every == 0:
+        val_metrics = evaluate(run, log)
+        run.step_plateau_on_train(evaluate.monitor)
+      if step % int(tc.checkpoint_every) == 0:
+        run.save()
+      if _any_process(flag.received is not None):
+        run.save()
+        logging.warning("preempted at step %d: checkpoint written; rerun the "
+                        "same command to resume", step)
+        raise Preempted(flag.received or signal.SIGTERM)
+    if not eval_every or run.step % eval_every:
+      val_metrics = evaluate(run, log)
+    run.save()
+  finally:
+    batches.close()
+    flag.restore()
+  return val_metrics
 
 
 def read_config(workdir: str, overrides: Optional[Dict[str, Any]] = None

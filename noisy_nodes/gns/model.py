@@ -291,8 +291,3 @@ class GNS(hk.Module):
       vs = per_block[2].reshape((-1,) + v_enc.shape)
       out["step_node_latents"] = jnp.concatenate([v_enc[None], vs]) * nmask
     return out
-
-
-def count_params(params) -> int:
-  """Number of scalars in a parameter tree."""
-  return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
