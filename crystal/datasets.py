@@ -128,7 +128,7 @@ def single_threaded_children() -> Iterator[None]:
   """Sets OMP/OpenBLAS/MKL threads to 1 in the environment children inherit.
 
   Spawned workers read these before their numpy import; two workers with
-  threaded BLAS on 2 cores run ~8x slower (SPEC: EMT timings). The parent's
+  threaded BLAS run several times slower (docs/benchmarks.md). The parent's
   already-loaded BLAS is unaffected; its environment is restored on exit.
   """
   old = {k: os.environ.get(k) for k in _THREAD_VARS}

@@ -26,7 +26,7 @@ datasets of any size can be made without network access:
 Sample i uses ``np.random.default_rng([seed, i])`` only, so output does not
 depend on the number of workers. Workers are spawned with OMP_NUM_THREADS=1
 and OPENBLAS_NUM_THREADS=1 (``crystal.datasets.worker_pool``): unpinned BLAS
-threads make EMT relaxations ~8x slower on 2 cores.
+threads make EMT relaxations several times slower (docs/benchmarks.md).
 
 CLI: ``python -m crystal.generators --kind=pt_clusters|surfaces --n=N
 --out=DIR [--seed=0] [--workers=2]`` writes a MatDeepLearn folder
@@ -248,7 +248,7 @@ def generate(kind: str, n: int, seed: int = 0, num_workers: int = 0,
   ``num_workers >= 1`` runs samples in that many spawned single-threaded
   workers; the result is the same as in-process (per-sample random streams).
   In-process (0) is only fast when this process was started with
-  OMP_NUM_THREADS=1 / OPENBLAS_NUM_THREADS=1 (~10x slower otherwise: ASE's
+  OMP_NUM_THREADS=1 / OPENBLAS_NUM_THREADS=1 (much slower otherwise: ASE's
   BFGS does many tiny BLAS calls), which is why even one worker helps.
   """
   if kind not in _KINDS:

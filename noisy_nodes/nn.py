@@ -70,9 +70,8 @@ def softplus(x):
   ([E, heads·dim] per AGAT layer) and in every MLP of the GNS, where it
   dominates the elementwise cost on CPU. ``jax.nn.softplus`` goes through
   ``logaddexp`` (max, abs, exp, log1p, NaN select) and a generic derivative;
-  here the forward is one exp and a polynomial (2.9x faster than
-  ``jax.nn.softplus`` on [10000, 256] on XLA:CPU) and the derivative
-  sigmoid(x) reuses the same exp.
+  here the forward is one exp and a polynomial (docs/benchmarks.md) and the
+  derivative sigmoid(x) reuses the same exp.
   """
   return jnp.maximum(x, 0) + _log1p_unit(jnp.exp(-jnp.abs(x)))
 
@@ -122,7 +121,7 @@ def masked_row_sum(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
 
   A [1, N] @ [N, F] matvec: XLA:CPU lowers a column reduction of a tall
   array to a slow tree of reduce-windows (DiffGroupNorm's [N, 640] column
-  sums took ~0.3 ms each), while the matvec runs at memory speed.
+  sums), while the matvec runs at memory speed.
   """
   rows = x.reshape(x.shape[0], -1)
   total = mask.astype(x.dtype)[None, :] @ rows

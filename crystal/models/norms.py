@@ -38,8 +38,8 @@ class DiffGroupNorm(hk.Module):
 
   and μ = Sᵀ H / n is a matmul, so the forward and backward passes work on
   [N, F] and [N, G] arrays plus one [N, G·F] elementwise pass each way
-  (DeeperGATGNN training step 1.2x faster than normalising the [N, G·F]
-  array). The parameters and running statistics are those of a
+  (faster than normalising the [N, G·F] array: docs/benchmarks.md). The
+  parameters and running statistics are those of a
   ``MaskedBatchNorm`` over [N, G·F] (name ``batch_norm``). It runs in
   float32 under every ``train.precision`` (``engine.precision``).
   """

@@ -19,9 +19,7 @@ Algorithm:
      cell, and slabs any vacuum vector).
   2. The search is vesin's (https://github.com/Luthaf/vesin, a C++ cell list
      made for periodic atomistic systems; it handles cells shorter than the
-     cutoff and positions outside the cell). Measured on
-     benchmarks/neighbors_bench.py it is several times faster than the numpy
-     cell list this module used before (docs/design.md, "Neighbour lists").
+     cutoff and positions outside the cell; speed: docs/benchmarks.md).
   3. On top of it, vectorised in numpy: vectors and distances recomputed from
      the given positions with the inclusive cutoff test, the deterministic
      (receiver, distance, sender, shift) order, minimum image, the k-nearest
@@ -184,8 +182,7 @@ def _search(positions, cell, pbc, cutoff, sample):
   """Candidate edges (senders, receivers, shifts, vectors, distances) with
   distance ~<= cutoff.
 
-  The search itself is vesin's (a cell list in C++, ~3-4x our former numpy
-  cell list on OC20-size slabs: benchmarks/neighbors_bench.py). Its pair
+  The search itself is vesin's (a cell list in C++). Its pair
   (i, j, S) has D = x_j - x_i + S @ cell, so our (sender, receiver, shift)
   is its (i, j, S), as with ASE. vesin handles cells shorter than the cutoff
   (several images per direction) and positions outside the cell; what it
@@ -237,7 +234,7 @@ def _edge_order(senders, receivers, shifts, vectors, distances):
   """Permutation sorting by (receiver, rounded distance, sender, shift).
 
   When all keys fit in 63 bits they are packed into one int64 (one argsort
-  instead of a 6-key lexsort, ~4x faster); otherwise lexsort.
+  instead of a 6-key lexsort); otherwise lexsort.
   """
   del vectors
   dq = np.rint(distances / TIE_RESOLUTION).astype(np.int64)

@@ -82,9 +82,8 @@ def set_cpu_devices(count: int) -> None:
   accelerators), executed on its own thread. XLA:CPU runs many kernels of a
   message-passing step on a single thread (scatter-adds, small fusions), so
   on a CPU-only host one device per core keeps the cores busier than one
-  device with an intra-op thread pool (DeeperGATGNN, 20 layers, 2 cores:
-  training 1.1-1.25x, inference 1.3-1.4x; ``benchmarks/crystal_bench.py
-  --devices``). Must run before JAX starts its backends; raises otherwise.
+  device with an intra-op thread pool (docs/benchmarks.md). Must run before
+  JAX starts its backends; raises otherwise.
   """
   if count < 1:
     raise ValueError(f"cpu devices must be >= 1, got {count}")
@@ -102,9 +101,9 @@ def make_mesh(local_only: bool = False) -> Mesh:
 # XLA:CPU hands elementwise and reduce fusions to YNNPACK by default; on the
 # crystal and GNS steps those become separate kernels over materialised
 # [E, heads·D] broadcasts of every constant (a profile of the 20-layer
-# DeeperGATGNN step: 11 constant broadcasts of [10000, 256] per layer). Keeping
-# YNNPACK for matmuls only: inference 3.4x, training 1.4x faster
-# (benchmarks/crystal_bench.py). NN_XLA_DEFAULTS=1 keeps XLA's defaults.
+# DeeperGATGNN step: 11 constant broadcasts of [10000, 256] per layer), so
+# YNNPACK is kept for matmuls only (docs/benchmarks.md). NN_XLA_DEFAULTS=1
+# keeps XLA's defaults.
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                 "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
@@ -119,8 +118,8 @@ def _host_has_avx512() -> bool:
 
 # XLA:CPU vectorises its own kernels for 256-bit registers by default (to
 # spare older Xeons the AVX-512 clock penalty); on an AVX-512 host 512-bit
-# vectors make the DeeperGATGNN training step 1.04-1.08x faster (paired runs
-# in one process; softplus, exp and the other [E, 256] elementwise kernels).
+# vectors speed up softplus, exp and the other [E, 256] elementwise kernels
+# (docs/benchmarks.md).
 if _host_has_avx512():
   _CPU_OPTIONS["xla_cpu_prefer_vector_width"] = 512
 

@@ -16,10 +16,9 @@ intermediates of 26 MB, which glibc serves with fresh ``mmap`` regions whose
 ``madvise`` those regions for 2 MiB pages (tunable ``glibc.malloc.hugetlb=1``)
 but reads tunables only at process start, so ``reexec_with_hugepages``
 restarts the interpreter with the same arguments and the tunable set.
-Measured with ``benchmarks/gns_bench.py`` on a 2-core VM whose kernel has THP
-in ``madvise`` mode: training step 5.7-5.8 s instead of 6.5-6.9 s. The small
-crystal models gain nothing (and use ~50 MB more), so configs opt in
-(``train.hugepages``); ``NN_HUGEPAGES=0`` opts out everywhere.
+It speeds up the paper-width GNS step and not the small crystal models
+(docs/benchmarks.md), so configs opt in (``train.hugepages``);
+``NN_HUGEPAGES=0`` opts out everywhere.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ adsorbate.
 Determinism: sample ``i`` uses ``np.random.default_rng([seed, i])`` only, so
 results do not depend on the number of workers. Workers are spawned with
 OMP_NUM_THREADS=1 / OPENBLAS_NUM_THREADS=1 set before numpy loads (unpinned
-BLAS threads made EMT ~9x slower on 2 cores, measured).
+BLAS threads make EMT several times slower: docs/benchmarks.md).
 """
 from __future__ import annotations
 

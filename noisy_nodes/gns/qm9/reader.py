@@ -397,8 +397,7 @@ def read_qm9_dir(path: str, exclude_ids: Optional[Iterable[int]] = None,
 
   Archives are streamed (nothing is extracted to disk). Parsing runs in
   ``workers`` processes (default: half the cores, at most 4; 1 for fewer
-  than 2,000 files). About 0.3 ms per file in one process here, so the 134k
-  files of QM9 take about a minute (a second call hits the npz cache).
+  than 2,000 files); a second call hits the npz cache.
 
   Args:
     path: folder of ``*.xyz`` files, or an archive of them.
