@@ -25,7 +25,6 @@ from absl import app
 from absl import flags
 import numpy as np
 
-import noisy_nodes  # noqa: F401  (jraph compatibility shim)
 from noisy_nodes import plots
 from noisy_nodes.data.structures import DataError
 

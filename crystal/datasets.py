@@ -23,8 +23,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
+
 from noisy_nodes.data.structures import DataError, Structure
 
 CACHE_VERSION = 1

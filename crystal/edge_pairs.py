@@ -9,7 +9,6 @@ reverse of an edge by swapping halves instead of a gather.
 """
 from __future__ import annotations
 
-import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
 import numpy as np
 

@@ -63,8 +63,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
+
 from noisy_nodes.data.graphs import structure_to_graph
 from noisy_nodes.data.neighbors import neighbor_list
 from noisy_nodes.data.structures import DataError, Structure

@@ -18,7 +18,7 @@ import sys
 import warnings
 from typing import Dict, List, Optional, Sequence
 
-import noisy_nodes  # noqa: F401  (jraph compatibility shim)
+import noisy_nodes
 from noisy_nodes import errors
 from noisy_nodes.data.structures import DataError
 

@@ -49,8 +49,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
+
 from noisy_nodes.data.structures import (DataError, Structure, load_structures,
                                     save_structures, validate_all)
 from noisy_nodes.tasks.base import Task

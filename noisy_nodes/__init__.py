@@ -1,20 +1,34 @@
 """Very deep graph neural networks on atoms, in JAX.
 
-Public API: structures (``Structure``), graph building, dynamic batching and
-one training engine shared by the Noisy Nodes GNS, DeeperGATGNN (and
-baselines) and CrysGNN models; ``load(workdir)`` gives a trained run as a
-``Predictor`` (``noisy_nodes.api``).
+The public API, flat (``import noisy_nodes as nn_lib; nn_lib.load(...)``):
+
+  records     Structure, DataError, load_structures, save_structures
+  data        Source, ListSource, Subset, Concat (random-access datasets);
+              neighbor_list, structure_to_graph; Budget, estimate_budget,
+              pad_graphs, GraphStream, register_edge_layout (batching)
+  tasks       Task, resolve_task
+  training    ``noisy_nodes.engine.train(config, workdir)`` (the CLI
+              ``python -m noisy_nodes.train`` holds the name here)
+  trained     load(workdir) -> Predictor; analyze, write_submission
+  errors      ConfigError
+
+The papers live in ``noisy_nodes.gns`` (Noisy Nodes: GNS, OC20, QM9) and
+``crystal`` (DeeperGATGNN, CrysGNN). Names are imported on first use, so
+``import noisy_nodes`` does not load the engine (Haiku, Optax, orbax).
 """
 from noisy_nodes import _compat  # noqa: F401  (must run before jraph is used)
+from noisy_nodes import _lazy
 from noisy_nodes.data.structures import DataError, Structure
 
-__all__ = ["DataError", "Predictor", "Structure", "load"]
-
-
-def __getattr__(name):
-  # ``load`` and ``Predictor`` import the engine (JAX, Haiku, orbax): only
-  # on first use, so ``import noisy_nodes`` stays light for every module.
-  if name in ("load", "Predictor"):
-    from noisy_nodes import api  # pylint: disable=g-import-not-at-top
-    return getattr(api, name)
-  raise AttributeError(f"module 'noisy_nodes' has no attribute {name!r}")
+__all__, __getattr__, __dir__ = _lazy.attach(__name__, {
+    __name__: ("DataError", "Structure"),
+    "noisy_nodes.data": (  # the data layer's own list, flat here too
+        "load_structures", "save_structures", "Source", "ListSource",
+        "Subset", "Concat", "neighbor_list", "structure_to_graph", "Budget",
+        "estimate_budget", "pad_graphs", "GraphStream",
+        "register_edge_layout"),
+    "noisy_nodes.tasks.base": ("Task", "resolve_task"),
+    "noisy_nodes.api.predictor": ("load", "Predictor", "analyze",
+                                  "write_submission"),
+    "noisy_nodes.errors": ("ConfigError",),
+})

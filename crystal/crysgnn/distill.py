@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-import noisy_nodes  # noqa: F401  (jraph compatibility fix)
 from noisy_nodes import nn as nn_lib
 from crystal.crysgnn import heads as heads_lib
 

@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-import noisy_nodes  # noqa: F401  (jraph compatibility shim)
 from noisy_nodes import nn as nn_lib
 from crystal.models import stack
 

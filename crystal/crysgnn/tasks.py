@@ -67,8 +67,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import noisy_nodes  # noqa: F401  (jraph compatibility shim first)
 import jraph
+
 from noisy_nodes import nn as nn_lib
 from noisy_nodes.data.structures import DataError, Structure, load_structures
 from noisy_nodes.tasks.base import Task, resolve_task

@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-import noisy_nodes  # noqa: F401  (jraph compatibility shim)
 from noisy_nodes import nn as nn_lib
 from crystal.models import norms
 

@@ -1,0 +1,51 @@
+"""The public API: the README's Python example runs, every exported name
+resolves, and ``import noisy_nodes`` / ``import crystal`` stay light."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _readme_example():
+  text = open(os.path.join(ROOT, "README.md")).read()
+  section = text[text.index("### The library's API"):]
+  return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_example_runs(capsys):
+  scope = {}
+  exec(compile(_readme_example(), "README.md", "exec"), scope)  # pylint: disable=exec-used
+  assert capsys.readouterr().out.strip() == "(3, 1)"
+  out, batch = scope["out"], scope["batch"]
+  # Two real crystals of the same structure: equal, finite predictions.
+  graph = np.asarray(out["graph"])
+  assert np.all(np.isfinite(graph[:2])) and graph[0, 0] == graph[1, 0]
+  assert list(batch.globals["mask"]) == [True, True, False]
+
+
+@pytest.mark.parametrize("package", ["noisy_nodes", "noisy_nodes.data",
+                                     "noisy_nodes.engine", "noisy_nodes.gns",
+                                     "crystal", "crystal.models"])
+def test_every_exported_name_resolves(package):
+  module = __import__(package, fromlist=["__all__"])
+  missing = [n for n in module.__all__ if getattr(module, n, None) is None]
+  assert not missing
+  assert set(module.__all__) <= set(dir(module))
+  with pytest.raises(AttributeError, match="no attribute"):
+    getattr(module, "not_a_name")
+
+
+def test_importing_the_packages_stays_light():
+  code = ("import sys, noisy_nodes, crystal, noisy_nodes.data, "
+          "noisy_nodes.gns, noisy_nodes.engine; print(sorted(m for m in "
+          "('haiku', 'optax', 'orbax', 'jraph', 'vesin', 'ase') "
+          "if m in sys.modules))")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, env=env, check=True, cwd=ROOT)
+  assert out.stdout.strip() == "[]"
