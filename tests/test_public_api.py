@@ -49,3 +49,20 @@ def test_importing_the_packages_stays_light():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, env=env, check=True, cwd=ROOT)
   assert out.stdout.strip() == "[]"
+
+
+def test_task_hooks_of_evaluate():
+  # ``noisy_nodes.evaluate --submission / --analysis`` ask the run's task
+  # class: OC20 writes the server's file, the GNS tasks have MAD, a task
+  # without a submission format refuses with a ConfigError (one line, exit 2).
+  import noisy_nodes  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns import analysis  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.oc20.task import OC20Task  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.qm9.task import QM9Task  # pylint: disable=g-import-not-at-top
+  import toy_task  # pylint: disable=g-import-not-at-top
+  assert OC20Task.analyses == QM9Task.analyses == {"mad": analysis.write_mad}
+  assert OC20Task.write_submission is not noisy_nodes.Task.write_submission
+  assert toy_task.ToyTask.analyses == {}
+  with pytest.raises(noisy_nodes.ConfigError, match="ToyTask has no "
+                     "submission format"):
+    toy_task.ToyTask.write_submission("w", "x.npz", "test", "best", None)
