@@ -104,6 +104,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       graph=dict(TEACHER_GRAPH),
       normalize_targets=True,   # L_prop on standardised targets.
       graph_cache=True,
+      workers=0,  # training featurisation processes (0: a thread)
   )
   c.model = dict(name="original_cgcnn", dim=64, num_layers=3,
                  input_bias=True, head=True, hidden=128, num_hidden=1)

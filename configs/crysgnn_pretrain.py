@@ -78,6 +78,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       val_fraction=0.05,
       seed=0,
       contrastive_chunk=256,  # validation NT-Xent over chunks of this many.
+      workers=0,  # training featurisation processes (0: a thread)
       graph=dict(cutoff=8.0, max_neighbors=12, num_gaussians=41,
                  gaussian_stop=8.0, gaussian_width=0.2),
   )

@@ -105,7 +105,8 @@ def crystal_config(model: str, variant: str = "",
                     min_atoms=5, max_atoms=40, workers=2),
       split=(0.8, 0.05, 0.15), seed=0,
       cv_folds=0, fold=0, cv_val_fraction=0.0,
-      normalize_targets=False, graph=reference_graph())
+      normalize_targets=False, graph=reference_graph(),
+      workers=0)  # training featurisation processes (0: a thread)
   if model == "gatgnn":
     # Edges in reverse pairs (crystal.features.FeaturizerConfig.pair_edges):
     # the same GATGNN at half the edge work.

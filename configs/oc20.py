@@ -81,7 +81,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       target="energy_relaxed",
       cache_dir="~/.cache/noisy_nodes/oc20_emt",
       num_train=1600, num_val=200, num_test=200,  # EMT data (path empty)
-      seed=0, workers=2,
+      seed=0, gen_workers=2,  # processes generating the EMT set
       val_fraction=0.1, test_fraction=0.1, split_seed=0,  # single-file data
       cutoff=6.0, max_neighbors=12,
       noise_sigma=0.3,      # Table 9 (Å)
@@ -91,6 +91,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       limit=0,              # read at most this many structures per split
       skip_invalid=False,   # skip (and list) bad inputs instead of exit 2
       whole=False,          # one split 'all' of everything (evaluate --split=all)
+      workers=0,  # training featurisation processes (0: a thread)
   )
   c.model = dict(
       latent_size=512, mlp_layers=3, num_message_passing_steps=50,
@@ -186,7 +187,7 @@ def _demo_is2rs(c, no_noise):
 def _tiny(c):
   """A few EMT systems (generated in-process) and a minimal model."""
   c.data.num_train, c.data.num_val, c.data.num_test = 12, 4, 4
-  c.data.workers = 0
+  c.data.gen_workers = 0
   c.data.cutoff = 4.0
   c.data.max_neighbors = 8
   c.model.update(latent_size=16, mlp_layers=2, num_message_passing_steps=2,

@@ -60,7 +60,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       uncharacterized_path="",  # official uncharacterized.txt to exclude
       cache_dir="~/.cache/noisy_nodes/qm9",
       num_generated=200,      # xTB molecules when path is empty
-      max_heavy=7, workers=1, seed=0,
+      max_heavy=7, gen_workers=1, seed=0,  # gen_workers: xTB processes
       split_seed=0, num_val=-1, num_test=-1,  # -1: paper sizes (scaled)
       atom_reference_targets=("U0", "U", "H", "G"),
       cutoff=5.0, max_neighbors=12,  # ours: the paper gives neither
@@ -68,6 +68,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       noise_sigma=0.02,       # Table 10 (Å)
       random_rotation=False,  # augmentation (the GNS is not rotation invariant)
       skip_invalid=False,     # skip (and list) bad inputs instead of exit 2
+      workers=0,  # training featurisation processes (0: a thread)
   )
   c.model = dict(
       latent_size=512, mlp_hidden_size=1024, mlp_layers=3,
@@ -101,7 +102,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       c.loss.position_loss_weight = 0.0
     elif tok == "demo":
       c.data.num_generated = 200
-      c.data.workers = 2
+      c.data.gen_workers = 2
       c.model.update(latent_size=64, mlp_hidden_size=64, mlp_layers=2,
                      num_message_passing_steps=3, num_block_iterations=2,
                      num_basis=32)

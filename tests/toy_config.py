@@ -6,7 +6,7 @@ def get_config(variant=""):
   c = ml_collections.ConfigDict()
   c.task = "toy_task:ToyTask"
   c.data = dict(num_train=24, num_val=8, seed=0, noise=0.0, path="",
-                skip_invalid=False, nan_target_ids="")
+                skip_invalid=False, nan_target_ids="", workers=0)
   c.model = dict(width=32)
   c.batch = dict(max_nodes=64, max_edges=1024, max_graphs=8, shuffle=True,
                  prefetch=2, skip_oversized=False)

@@ -26,6 +26,7 @@ from noisy_nodes.data.neighbors import neighbor_list
 from noisy_nodes.data.structures import DataError
 from noisy_nodes.data.structures import Structure
 from noisy_nodes.data.structures import load_structures
+from noisy_nodes.data.sources import ListSource
 from noisy_nodes.tasks.base import Task
 
 
@@ -140,3 +141,19 @@ class ToyTask(Task):
     pred = np.array(predictions["energy"])
     return {"energy_mae": float(np.mean(np.abs(pred - true))),
             "baseline_mae": float(np.mean(np.abs(true - self.mean)))}
+
+
+class FaultySource(ListSource):
+  """Structures in memory whose records ``bad`` fail to decode (DataError
+  naming the file and key, as an LMDB source does): picklable, for the data
+  worker tests."""
+
+  def __init__(self, structures, bad=()):
+    super().__init__(structures)
+    self.bad = set(int(i) for i in bad)
+
+  def _read(self, i):
+    if i in self.bad:
+      raise DataError(f"toy.lmdb[key {i}]", "corrupt record (truncated "
+                      "pickle)")
+    return super()._read(i)

@@ -20,6 +20,7 @@ the batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -241,7 +242,8 @@ class GraphStream:
                seed: int, shuffle: bool = True, devices: Optional[int] = None,
                shard_index: int = 0, num_shards: int = 1,
                skip_oversized: bool = False, names: Optional[Callable[
-                   [int], str]] = None, randomized: bool = True):
+                   [int], str]] = None, randomized: bool = True,
+               pool=None, chunk: int = 4, ahead: int = 0):
     if num == 0:
       raise DataError("dataset", "empty dataset: no samples to train on")
     if shard_index + (devices or 1) > num_shards:
@@ -258,14 +260,25 @@ class GraphStream:
     self.skip_oversized = skip_oversized
     self.names = names or str
     self.randomized = randomized
+    # data.workers: a ``workers.FeaturizePool`` featurising ``chunk``
+    # samples per task, ``ahead`` tasks in flight per shard (bounded).
+    self.pool = pool
+    self.chunk = max(1, int(chunk))
+    self.ahead = int(ahead) or 4 * (pool.workers if pool else 1)
     self.skipped_total: List[str] = []
+
+  def close(self):
+    """Stops the worker processes (``data.workers``), if any."""
+    if self.pool is not None:
+      self.pool.close()
 
   def _order(self, epoch: int, shard: int) -> np.ndarray:
     perm = epoch_permutation(self.num, self.seed, epoch, self.shuffle)
     return perm[shard::self.num_shards]
 
-  def _single_batches(self, start: DataPosition, shard: int):
-    """Yields (padded batch, position after it, n_graphs, skipped)."""
+  def _positions(self, start: DataPosition, shard: int):
+    """(epoch, cursor, index) of the shard's samples from ``start`` on, with
+    (epoch, None, None) after each epoch's last sample (endless)."""
     epoch, cursor = start.epoch, start.cursor
     while True:
       order = self._order(epoch, shard)
@@ -273,41 +286,83 @@ class GraphStream:
         raise DataError("dataset", f"{self.num} samples cannot feed shard "
                         f"{shard} of {self.num_shards}: need at least one "
                         f"sample per device")
-      pending: List[jraph.GraphsTuple] = []
-      skipped: List[str] = []
-      n_tot = e_tot = 0
-      i = cursor
-      while i < len(order):
-        idx = int(order[i])
-        rng = sample_rng(self.seed, epoch, idx) if self.randomized else None
-        g = self.featurize(idx, rng)
-        n, e = int(g.n_node[0]), int(g.n_edge[0])
-        if not self.budget.fits(n, e):
-          fault = (f"graph with {n} nodes and {e} edges exceeds the batch "
-                   f"budget (max_nodes={self.budget.max_nodes}, max_edges="
-                   f"{self.budget.max_edges}); raise the budget or set "
-                   f"batch.skip_oversized=True")
-          if not self.skip_oversized:
-            raise DataError(self.names(idx), fault)
-          skipped.append(f"{self.names(idx)}: {fault}")
-          i += 1
-          continue
-        if pending and (n_tot + n > self.budget.max_nodes or
-                        e_tot + e > self.budget.max_edges or
-                        len(pending) >= self.budget.max_graphs):
-          yield (pad_graphs(pending, self.budget), DataPosition(epoch, i),
-                 len(pending), skipped)
-          pending, skipped, n_tot, e_tot = [], [], 0, 0
-        pending.append(g)
-        n_tot += n
-        e_tot += e
-        i += 1
-      next_pos = DataPosition(epoch + 1, 0)
-      if pending:
-        yield pad_graphs(pending, self.budget), next_pos, len(pending), skipped
-      elif skipped:
-        self.skipped_total.extend(skipped)
+      for i in range(cursor, len(order)):
+        yield epoch, i, int(order[i])
+      yield epoch, None, None
       epoch, cursor = epoch + 1, 0
+
+  def _samples(self, start: DataPosition, shard: int):
+    """``_positions`` with each sample's graph: (epoch, cursor, index, g)."""
+    if self.pool is None:
+      for epoch, i, idx in self._positions(start, shard):
+        if idx is None:
+          yield epoch, None, None, None
+          continue
+        rng = sample_rng(self.seed, epoch, idx) if self.randomized else None
+        yield epoch, i, idx, self.featurize(idx, rng)
+      return
+    # Worker processes: chunks of consecutive samples submitted ``ahead``
+    # chunks in advance and consumed in order (a bounded queue).
+    positions = self._positions(start, shard)
+    inflight = collections.deque()
+
+    def submit():
+      chunk = []
+      while len(chunk) < self.chunk:
+        item = next(positions)
+        chunk.append(item)
+        if item[2] is None:
+          break
+      work = [(e, idx) for e, _, idx in chunk if idx is not None]
+      inflight.append((chunk, work, self.pool.submit(work) if work else None))
+
+    try:
+      while True:
+        while len(inflight) < self.ahead:
+          submit()
+        chunk, work, future = inflight.popleft()
+        graphs = iter(self.pool.result(future, work) if work else ())
+        for epoch, i, idx in chunk:
+          yield epoch, i, idx, (None if idx is None else next(graphs))
+    finally:
+      for _, _, future in inflight:
+        if future is not None:
+          future.cancel()
+
+  def _single_batches(self, start: DataPosition, shard: int):
+    """Yields (padded batch, position after it, n_graphs, skipped)."""
+    pending: List[jraph.GraphsTuple] = []
+    skipped: List[str] = []
+    n_tot = e_tot = 0
+    for epoch, i, idx, g in self._samples(start, shard):
+      if idx is None:  # the epoch's end
+        next_pos = DataPosition(epoch + 1, 0)
+        if pending:
+          yield (pad_graphs(pending, self.budget), next_pos, len(pending),
+                 skipped)
+        elif skipped:
+          self.skipped_total.extend(skipped)
+        pending, skipped, n_tot, e_tot = [], [], 0, 0
+        continue
+      n, e = int(g.n_node[0]), int(g.n_edge[0])
+      if not self.budget.fits(n, e):
+        fault = (f"graph with {n} nodes and {e} edges exceeds the batch "
+                 f"budget (max_nodes={self.budget.max_nodes}, max_edges="
+                 f"{self.budget.max_edges}); raise the budget or set "
+                 f"batch.skip_oversized=True")
+        if not self.skip_oversized:
+          raise DataError(self.names(idx), fault)
+        skipped.append(f"{self.names(idx)}: {fault}")
+        continue
+      if pending and (n_tot + n > self.budget.max_nodes or
+                      e_tot + e > self.budget.max_edges or
+                      len(pending) >= self.budget.max_graphs):
+        yield (pad_graphs(pending, self.budget), DataPosition(epoch, i),
+               len(pending), skipped)
+        pending, skipped, n_tot, e_tot = [], [], 0, 0
+      pending.append(g)
+      n_tot += n
+      e_tot += e
 
   def iterate(self, start=None) -> Iterator[Batch]:
     """Batches from ``start`` (a DataPosition, or one per device)."""

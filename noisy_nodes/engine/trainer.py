@@ -29,6 +29,9 @@ import numpy as np
 
 from noisy_nodes import nn
 from noisy_nodes.data import batching
+from noisy_nodes.data import shards as shards_lib
+from noisy_nodes.data import sources
+from noisy_nodes.data import workers as data_workers
 from noisy_nodes.engine import checkpoint as ckpt_lib
 from noisy_nodes.engine import checks
 from noisy_nodes.engine import logger as logger_lib
@@ -80,7 +83,19 @@ class _SignalFlag:
 
 
 class Experiment:
-  """Builds task, data, model and step functions from a config."""
+  """Builds task, data, model and step functions from a config.
+
+  Memory stays flat in the training set's size: a training split of more than
+  ``data.cache_limit`` samples (default ``CACHE_LIMIT``) is featurised on the
+  fly (by ``data.workers`` processes, or the prefetch thread), never held as
+  graphs; the batch budget and the training elements come from the shards'
+  metadata (``noisy_nodes.preprocess``) or from the first ``SIZE_SAMPLE``
+  samples, so nothing reads every sample before the first step. Evaluation
+  splits are featurised once and cached.
+  """
+
+  CACHE_LIMIT = 20_000
+  SIZE_SAMPLE = 2000
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                need_train_data: bool = True):
@@ -91,7 +106,17 @@ class Experiment:
     self.local_mesh = parallel.make_mesh(local_only=True)
     self.num_local = jax.local_device_count()
     self.policy = precision.from_config(config)  # train.precision, logged
-    self.splits = self.task.load_splits()
+    # data.path: a folder of noisy_nodes.preprocess shards, or the task's
+    # own inputs.
+    self.manifest: Optional[Dict[str, Any]] = None
+    if shards_lib.is_shard_dir(str(config.data.get("path", "") or "")):
+      self.splits, self.manifest = shards_lib.open_splits(config.data.path,
+                                                          config)
+      self.task.skipped.extend(self.manifest.get("skipped", []))
+      logging.info("preprocessed shards in %s (%s)", config.data.path,
+                   self.manifest["stores"])
+    else:
+      self.splits = self.task.load_splits()
     for name, items in self.splits.items():
       logging.info("split %s: %d structures", name, len(items))
     if self.task.skipped:
@@ -102,6 +127,7 @@ class Experiment:
       raise DataError(config.data.get("path", "dataset"),
                       "empty training split: no structures to train on")
     self._graph_cache: Dict[str, List[jraph.GraphsTuple]] = {}
+    self._train_elements: Optional[List[int]] = None
     self._eval_step = None
     self._eval_compiled = False
 
@@ -120,11 +146,45 @@ class Experiment:
     """Deterministic (training=False) graphs of a split, featurised once."""
     if split not in self._graph_cache:
       t0 = time.time()
-      self._graph_cache[split] = [
-          self.task.featurize(s, None, False) for s in self.splits[split]]
+      items = self.splits[split]
+      if getattr(items, "has_graphs", False):  # preprocessed static graphs
+        self._graph_cache[split] = [items.graph(i) for i in range(len(items))]
+      else:
+        self._graph_cache[split] = [
+            self.task.featurize(s, None, False) for s in items]
       logging.info("featurised %d %s structures in %.1fs",
                    len(self._graph_cache[split]), split, time.time() - t0)
     return self._graph_cache[split]
+
+  def setup_task(self) -> None:
+    """The task's statistics (target mean/std...) from the training split,
+    or those ``noisy_nodes.preprocess`` fitted (no pass over the data)."""
+    if self.manifest is not None:
+      self.task.load_state_dict(self.manifest["task_state"])
+    else:
+      self.task.setup(self.splits["train"])
+
+  def _cache_train(self) -> bool:
+    """Whether the training graphs are featurised once and held."""
+    limit = int(self.config.data.get("cache_limit", self.CACHE_LIMIT))
+    return (not self.task.randomized_features
+            and len(self.splits["train"]) <= limit)
+
+  def _size_sample(self):
+    """(n_node, n_edge) of the first ``SIZE_SAMPLE`` deterministic training
+    graphs (those the budget is estimated from)."""
+    train = self.splits["train"]
+    if getattr(train, "meta", None) is not None:  # preprocessed metadata
+      return (train.meta["n_node"][:self.SIZE_SAMPLE].tolist(),
+              train.meta["n_edge"][:self.SIZE_SAMPLE].tolist())
+    if self._cache_train():
+      graphs = self.graphs("train")[:self.SIZE_SAMPLE]
+    else:
+      train = self.splits["train"]
+      graphs = [self.task.featurize(train[i], None, False)
+                for i in range(min(len(train), self.SIZE_SAMPLE))]
+    return ([int(g.n_node[0]) for g in graphs],
+            [int(g.n_edge[0]) for g in graphs])
 
   def budget(self) -> batching.Budget:
     b = self.config.batch
@@ -133,10 +193,8 @@ class Experiment:
                              int(b.max_graphs))
     # Estimated from (up to 2,000 of) the training graphs; the training
     # stream (noise) can add edges, hence the safety factor on edges.
-    graphs = self.graphs("train")[:2000]
-    est = batching.estimate_budget([int(g.n_node[0]) for g in graphs],
-                                   [int(g.n_edge[0]) for g in graphs],
-                                   int(b.max_graphs))
+    n_node, n_edge = self._size_sample()
+    est = batching.estimate_budget(n_node, n_edge, int(b.max_graphs))
     margin = float(b.get("edge_margin", 1.0))
     return batching.Budget(est.max_nodes,
                            int(math.ceil(est.max_edges * margin / 64) * 64),
@@ -145,16 +203,30 @@ class Experiment:
   def train_stream(self, budget: batching.Budget, seed: int
                    ) -> batching.GraphStream:
     train = self.splits["train"]
+    names = sources.as_source(train).name
     randomized = self.task.randomized_features
-    if randomized:
-      def featurize(i, rng):
-        return self.task.featurize(train[i], rng, True)
-    else:
+    workers = int(self.config.data.get("workers", 0) or 0)
+    pool = None
+    if self._cache_train():
       cached = self.graphs("train")
 
       def featurize(i, rng):
         del rng
         return cached[i]
+      if workers:
+        logging.info("data.workers=%d unused: the %d training graphs are "
+                     "featurised once and cached", workers, len(cached))
+    else:
+      def featurize(i, rng):
+        if getattr(train, "has_graphs", False):
+          return train.graph(i)
+        return self.task.featurize(train[i], rng, randomized)
+      if workers:
+        pool = data_workers.FeaturizePool(
+            self.config, self.task.state_dict(), train, seed, randomized,
+            workers, names)
+        logging.info("%d data workers featurise the training stream (started "
+                     "in %.1fs)", workers, pool.startup_seconds)
     return batching.GraphStream(
         len(train), featurize, budget, seed=seed,
         shuffle=self.config.batch.get("shuffle", True),
@@ -162,7 +234,8 @@ class Experiment:
         shard_index=jax.process_index() * self.num_local,
         num_shards=jax.device_count(),
         skip_oversized=self.config.batch.get("skip_oversized", False),
-        names=lambda i: train[i].id, randomized=randomized)
+        names=names, randomized=randomized, pool=pool,
+        chunk=max(1, min(8, int(budget.max_graphs) // 2)))
 
   # -- model ---------------------------------------------------------------------
   def transformed(self) -> hk.TransformedWithState:
@@ -174,10 +247,25 @@ class Experiment:
 
   def train_elements(self) -> List[int]:
     """Atomic numbers present in the training split (saved in checkpoints:
-    prediction warns about elements the model never saw)."""
-    zs = {int(z) for s in self.splits.get("train", ())
-          for z in np.unique(s.atomic_numbers)}
-    return sorted(zs)
+    prediction warns about elements the model never saw).
+
+    Every structure of a set up to ``data.cache_limit``; of a larger one the
+    first ``SIZE_SAMPLE`` (read once, not at every checkpoint).
+    """
+    if self._train_elements is None and hasattr(self.splits.get("train"),
+                                                "elements"):
+      self._train_elements = list(self.splits["train"].elements)
+    if self._train_elements is None:
+      train = self.splits.get("train", ())
+      limit = int(self.config.data.get("cache_limit", self.CACHE_LIMIT))
+      count = len(train) if len(train) <= limit else self.SIZE_SAMPLE
+      self._train_elements = sorted(
+          {int(z) for i in range(count)
+           for z in np.unique(train[i].atomic_numbers)})
+      if count < len(train):
+        logging.info("training elements from the first %d of %d structures",
+                     count, len(train))
+    return self._train_elements
 
   def predict(self, params, state, split: str, budget: batching.Budget):
     """Predictions for every structure of a split (EMA params if given)."""
@@ -192,7 +280,8 @@ class Experiment:
       self._eval_step = parallel.make_eval_step(self.task, self.transformed(),
                                                 self.local_mesh, self.policy)
     preds = predict_graphs(self._eval_step, params, state, graphs, budget,
-                           self.num_local, [s.id for s in self.splits[split]],
+                           self.num_local,
+                           sources.as_source(self.splits[split]).names(),
                            compile_first=not self._eval_compiled)
     self._eval_compiled = True
     return preds
@@ -506,7 +595,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     logging.warning("the validation split is empty: no validation metrics "
                     "and no best checkpoint (end-of-run outputs use the "
                     "latest checkpoint)")
-  exp.task.setup(exp.splits["train"])
+  exp.setup_task()
   budget = exp.budget()
   logging.info("batch budget per device: %s", budget)
   optimizer = optim.make_optimizer(config.optim)
@@ -535,6 +624,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   try:
     val_metrics = _loop(run, stream, step_fn, log, evaluate)
   finally:
+    stream.close()  # data.workers' processes
     log.close()
     run.ckpt.close()
   if jax.process_index() == 0:

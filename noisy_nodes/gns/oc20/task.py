@@ -321,7 +321,7 @@ class OC20Task(Task):
                                          "~/.cache/noisy_nodes/oc20_emt")))
     paths = emt.ensure_dataset(cache, int(d.num_train), int(d.num_val),
                                int(d.num_test), seed=int(d.get("seed", 0)),
-                               workers=int(d.get("workers", 2)))
+                               workers=int(d.get("gen_workers", 2)))
     logging.info("EMT data set (OC20-like, adsorption energies) in %s",
                  os.path.dirname(paths["train"]))
     return {k: readers.AseLmdbSource(p) for k, p in paths.items()}

@@ -127,7 +127,7 @@ class QM9Task(Task):
     if not os.path.exists(marker):
       logging.info("generating %d QM9-like molecules with GFN2-xTB in %s",
                    n, folder)
-      xtb.generate(folder, n, seed, int(d.get("workers", 1)), heavy)
+      xtb.generate(folder, n, seed, int(d.get("gen_workers", 1)), heavy)
       with open(marker, "w") as f:
         f.write("done\n")
     return folder

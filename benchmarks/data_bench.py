@@ -1,0 +1,233 @@
+"""Input pipeline at dataset scale (issue 15's acceptance figures).
+
+Usage:
+  python benchmarks/data_bench.py            # 500,000 vs 5,000 systems, 1,000 steps
+  python benchmarks/data_bench.py --quick    # 20,000 vs 2,000 systems, 30 steps (< 2 min)
+
+Writes an OC20-layout folder (``train/data.lmdb``, ``val_id/data.lmdb``) of
+legacy LMDBs of real torch_geometric-format pickles (``legacy_lmdb.data_pickle``)
+in a temporary directory it removes: EMT-size slabs, a 3x3x4 fcc(111) slab of
+one of five metals with a two-atom adsorbate (38 atoms), positions jittered per
+system, a relaxed structure 0.1 Å away and an energy drawn at random (a
+throughput benchmark: nothing is learned from the labels). Then, for Noisy
+Nodes at the demo width (``configs/oc20.py:demo``):
+
+* seconds from process start to the first training batch and to the first
+  training step (which includes compiling the step) on the raw LMDBs, then
+  after ``noisy_nodes.preprocess``; goals <= 60 s raw, <= 10 s preprocessed
+  (the data part: the compile is the same in both);
+* the training process's peak RSS after ``--steps`` steps on the big folder
+  and on the small one (goal: <= 2 GB and within 1.25x);
+* the input pipeline alone (featurise with noise + pack), systems/s with
+  ``data.workers`` = 1 and 2 (goal >= 1.7x at K = 2 on an idle 2-core host);
+* random reads of one record: raw legacy LMDB vs the shards.
+
+Each training run is a fresh process (``_child``), so its RSS and start-up are
+its own.
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+METALS = ("Cu", "Pt", "Au", "Ag", "Ni")
+
+
+def write_folder(path, n_train, n_val, seed=0):
+  """OC20 IS2RE layout of legacy LMDBs with ``n_train`` / ``n_val`` systems."""
+  import ase.build  # pylint: disable=g-import-not-at-top
+  import lmdb  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.gns.oc20 import legacy_lmdb  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  templates = []
+  for m in METALS:
+    slab = ase.build.fcc111(m, size=(3, 3, 4), vacuum=8.0)
+    ase.build.add_adsorbate(slab, "O", 1.8, "fcc")
+    ase.build.add_adsorbate(slab, "C", 2.9, "fcc")
+    templates.append(slab)
+  for split, n in (("train", n_train), ("val_id", n_val)):
+    os.makedirs(os.path.join(path, split))
+    env = lmdb.open(os.path.join(path, split, "data.lmdb"), subdir=False,
+                    map_size=1 << 40, meminit=False, lock=False, sync=False)
+    txn = env.begin(write=True)
+    for i in range(n):
+      t = templates[i % len(templates)]
+      k = len(t)
+      pos = t.positions + rng.normal(0, 0.05, (k, 3))
+      tags = np.where(np.arange(k) >= k - 2, 2, np.where(
+          t.positions[:, 2] > np.sort(t.positions[:-2, 2])[-10], 1, 0))
+      fields = {
+          "pos": pos, "pos_relaxed": pos + rng.normal(0, 0.1, (k, 3)),
+          "atomic_numbers": t.numbers.astype(np.float32),
+          "cell": np.asarray(t.cell)[None].astype(np.float32),
+          "tags": tags, "fixed": (tags == 0).astype(np.int64),
+          "natoms": k, "sid": 1_000_000 + i,
+          "y_relaxed": float(rng.normal(-1.5, 1.0)),
+          "y_init": float(rng.normal(2.0, 1.0))}
+      txn.put(str(i).encode("ascii"), legacy_lmdb.data_pickle(fields))
+      if i % 5000 == 4999:
+        txn.commit()
+        txn = env.begin(write=True)
+    import pickle  # pylint: disable=g-import-not-at-top
+    txn.put(b"length", pickle.dumps(n, protocol=-1))
+    txn.commit()
+    env.sync()
+    env.close()
+
+
+def _config(path, steps, workers=0):
+  sys.path.insert(0, os.path.join(ROOT, "configs"))
+  import oc20 as oc20_config  # pylint: disable=g-import-not-at-top
+  c = oc20_config.get_config("demo")
+  c.data.path = path
+  c.data.workers = workers
+  c.train.update(num_steps=steps, log_every=max(1, steps // 3), eval_every=0,
+                 checkpoint_every=10 ** 9, hugepages=False)
+  return c
+
+
+def _child(args):
+  """One training run: prints JSON timings and peak RSS."""
+  t0 = time.time()
+  import logging  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.data import batching  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.engine import trainer  # pylint: disable=g-import-not-at-top
+  marks = {}
+  orig = batching.GraphStream.iterate
+
+  def iterate(self, start=None):
+    for b in orig(self, start):
+      marks.setdefault("first_batch_s", time.time() - t0)
+      yield b
+  batching.GraphStream.iterate = iterate
+
+  class Steps(logging.Handler):
+    def emit(self, record):
+      if record.getMessage().startswith("step ") and "loss" in (
+          record.getMessage()):
+        marks.setdefault("first_step_s", time.time() - t0)
+  logging.getLogger().addHandler(Steps())
+  logging.getLogger().setLevel(logging.INFO)
+  cfg = _config(args.child, args.steps, args.workers)
+  cfg.train.log_every = 1
+  workdir = tempfile.mkdtemp(prefix="data_bench_run_")
+  try:
+    trainer.train(cfg, workdir)
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+  marks["peak_rss_mb"] = resource.getrusage(
+      resource.RUSAGE_SELF).ru_maxrss / 1024
+  marks["total_s"] = time.time() - t0
+  print("RESULT " + json.dumps(marks))
+
+
+def run_child(path, steps, workers=0):
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", path,
+         "--steps", str(steps), "--workers", str(workers)]
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                       check=False)
+  for line in out.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return json.loads(line[7:])
+  raise RuntimeError(f"training run failed:\n{out.stderr[-3000:]}")
+
+
+def pipeline_rate(path, workers, batches):
+  """Systems/s of the noisy training stream alone (featurise + pack)."""
+  from noisy_nodes.engine import trainer  # pylint: disable=g-import-not-at-top
+  cfg = _config(path, 1, workers)
+  exp = trainer.Experiment(cfg, "")
+  exp.setup_task()
+  budget = exp.budget()
+  stream = exp.train_stream(budget, seed=0)
+  it = stream.iterate()
+  try:
+    for _ in range(3):  # warm-up: worker start-up and first chunks
+      next(it)
+    t0, n = time.time(), 0
+    for _ in range(batches):
+      n += next(it).num_graphs
+    return n / (time.time() - t0)
+  finally:
+    stream.close()
+
+
+def read_rate(source, count=2000, seed=0):
+  idx = np.random.default_rng(seed).integers(0, len(source), count)
+  source[int(idx[0])]
+  t0 = time.time()
+  for i in idx:
+    source[int(i)]
+  return count / (time.time() - t0)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--quick", action="store_true")
+  p.add_argument("--big", type=int, default=0)
+  p.add_argument("--small", type=int, default=0)
+  p.add_argument("--steps", type=int, default=0)
+  p.add_argument("--workers", type=int, default=0)
+  p.add_argument("--child", default="")
+  args = p.parse_args()
+  if args.child:
+    return _child(args)
+  big = args.big or (20_000 if args.quick else 500_000)
+  small = args.small or (2_000 if args.quick else 5_000)
+  steps = args.steps or (30 if args.quick else 1000)
+  tmp = tempfile.mkdtemp(prefix="data_bench_")
+  try:
+    t0 = time.time()
+    raw_big, raw_small = os.path.join(tmp, "big"), os.path.join(tmp, "small")
+    write_folder(raw_big, big, 200)
+    write_folder(raw_small, small, 200, seed=1)
+    print(f"wrote {big:,} + {small:,} training systems (legacy LMDB) in "
+          f"{time.time() - t0:.0f}s", flush=True)
+    from noisy_nodes import preprocess  # pylint: disable=g-import-not-at-top
+    shards = os.path.join(tmp, "shards")
+    t0 = time.time()
+    preprocess.preprocess(_config(raw_big, 1), shards, workers=2,
+                          shard_size=max(1000, big // 40))
+    pre_s = time.time() - t0
+    print(f"noisy_nodes.preprocess of {big:,} systems, 2 workers: "
+          f"{pre_s:.0f}s ({big / pre_s:.0f} systems/s)", flush=True)
+    raw = run_child(raw_big, steps)
+    pre = run_child(shards, steps)
+    ref = run_child(raw_small, steps)
+    print(f"first batch / first step (s), raw LMDBs:   "
+          f"{raw['first_batch_s']:.1f} / {raw['first_step_s']:.1f}  "
+          f"(goal <= 60)")
+    print(f"first batch / first step (s), preprocessed: "
+          f"{pre['first_batch_s']:.1f} / {pre['first_step_s']:.1f}  "
+          f"(goal <= 10; the step's compile is the same in both)")
+    ratio = raw["peak_rss_mb"] / ref["peak_rss_mb"]
+    print(f"peak RSS after {steps} steps: {raw['peak_rss_mb']:.0f} MB with "
+          f"{big:,} systems, {ref['peak_rss_mb']:.0f} MB with {small:,} "
+          f"({ratio:.2f}x; goal <= 2048 MB and <= 1.25x); preprocessed "
+          f"{pre['peak_rss_mb']:.0f} MB")
+    batches = 40 if args.quick else 200
+    r1 = pipeline_rate(shards, 1, batches)
+    r2 = pipeline_rate(shards, 2, batches)
+    print(f"input pipeline with noise: {r1:.0f} systems/s at K=1, {r2:.0f} at "
+          f"K=2 ({r2 / r1:.2f}x; goal >= 1.7x on an idle 2-core host; "
+          f"{os.cpu_count()} cores here)")
+    from noisy_nodes.data import shards as shards_lib  # pylint: disable=g-import-not-at-top
+    splits, _ = shards_lib.open_splits(shards)
+    print(f"random reads: shards {read_rate(splits['train']):.0f} records/s")
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
