@@ -90,7 +90,8 @@ def _toy_stream(bad=(), k=1):
   task = toy_task.ToyTask(cfg)
   source = toy_task.FaultySource(toy_task.make_clusters(30, 1), bad=bad)
   task.setup(source.structures)
-  pool = workers.FeaturizePool(cfg, task.state_dict(), source, 0, True, k,
+  pool = workers.FeaturizePool(toy_task.ToyTask, cfg, task.state_dict(),
+                               source, 0, True, k,
                                names=lambda i: f"ar{i}")
   return batching.GraphStream(
       len(source), None, batching.Budget(64, 1024, 8), seed=0, pool=pool,

@@ -43,16 +43,15 @@ class WorkerError(RuntimeError):
 _WORKER: dict = {}
 
 
-def _init(config_json: str, task_state: Mapping[str, Any], source,
+def _init(task_cls, config_json: str, task_state: Mapping[str, Any], source,
           seed: int, randomized: bool):
   # Workers featurise on the host: never let JAX claim an accelerator here.
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   try:
     import ml_collections  # pylint: disable=g-import-not-at-top
-    from noisy_nodes.tasks import base as task_base  # pylint: disable=g-import-not-at-top
     config = ml_collections.ConfigDict(json.loads(config_json))
-    task = task_base.resolve_task(config.task)(config)
+    task = task_cls(config)
     task.load_state_dict(task_state)
     _WORKER.update(task=task, source=source, seed=int(seed),
                    randomized=bool(randomized), error=None)
@@ -94,6 +93,7 @@ class FeaturizePool:
   """K spawned processes that featurise ``source[i]`` for the training stream.
 
   Args:
+    task_cls: the task's class (pickled by reference: module and name).
     config: the run's ConfigDict (sent as JSON).
     task_state: ``task.state_dict()`` after ``setup``.
     source: the training split (a picklable ``Source`` or list).
@@ -104,8 +104,8 @@ class FeaturizePool:
     names: index -> sample id, for error messages.
   """
 
-  def __init__(self, config, task_state, source, seed: int, randomized: bool,
-               workers: int, names=None):
+  def __init__(self, task_cls, config, task_state, source, seed: int,
+               randomized: bool, workers: int, names=None):
     if workers < 1:
       raise ValueError(f"FeaturizePool needs workers >= 1, got {workers}")
     self.workers = int(workers)
@@ -115,7 +115,8 @@ class FeaturizePool:
         max_workers=self.workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init,
-        initargs=(config.to_json_best_effort(), dict(task_state), source,
+        initargs=(task_cls, config.to_json_best_effort(), dict(task_state),
+                  source,
                   int(seed), bool(randomized)))
     # Start every worker now (the executor spawns on demand) and learn their
     # pids, to name one that dies.

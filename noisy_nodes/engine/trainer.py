@@ -223,8 +223,8 @@ class Experiment:
         return self.task.featurize(train[i], rng, randomized)
       if workers:
         pool = data_workers.FeaturizePool(
-            self.config, self.task.state_dict(), train, seed, randomized,
-            workers, names)
+            type(self.task), self.config, self.task.state_dict(), train, seed,
+            randomized, workers, names)
         logging.info("%d data workers featurise the training stream (started "
                      "in %.1fs)", workers, pool.startup_seconds)
     return batching.GraphStream(
