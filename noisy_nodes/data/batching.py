@@ -466,7 +466,8 @@ class Prefetcher:
         if self._stop.is_set():
           return
     except BaseException as e:  # pylint: disable=broad-except
-      self._queue.put(("error", e))
+      if not self._stop.is_set():  # after close(): nobody reads (a closed
+        self._queue.put(("error", e))  # worker pool cancels its futures)
       return
     self._queue.put(("end", None))
 
