@@ -150,7 +150,9 @@ def pipeline_rate(path, workers, batches):
   exp = trainer.Experiment(cfg, "")
   exp.setup_task()
   budget = exp.budget()
+  t0 = time.time()
   stream = exp.train_stream(budget, seed=0)
+  startup = time.time() - t0
   it = stream.iterate()
   try:
     for _ in range(3):  # warm-up: worker start-up and first chunks
@@ -158,7 +160,7 @@ def pipeline_rate(path, workers, batches):
     t0, n = time.time(), 0
     for _ in range(batches):
       n += next(it).num_graphs
-    return n / (time.time() - t0)
+    return n / (time.time() - t0), startup
   finally:
     stream.close()
 
@@ -202,6 +204,13 @@ def main():
     pre_s = time.time() - t0
     print(f"noisy_nodes.preprocess of {big:,} systems, 2 workers: "
           f"{pre_s:.0f}s ({big / pre_s:.0f} systems/s)", flush=True)
+    from noisy_nodes.data import shards as shards_lib  # pylint: disable=g-import-not-at-top
+    from noisy_nodes.gns.oc20 import task as oc20_task  # pylint: disable=g-import-not-at-top
+    splits, _ = shards_lib.open_splits(shards)
+    legacy = oc20_task.open_path(os.path.join(raw_big, "train"))
+    print(f"random reads of one system: shards {read_rate(splits['train']):.0f}"
+          f" records/s, raw legacy LMDB {read_rate(legacy):.0f} records/s",
+          flush=True)
     raw = run_child(raw_big, steps)
     pre = run_child(shards, steps)
     ref = run_child(raw_small, steps)
@@ -217,14 +226,12 @@ def main():
           f"({ratio:.2f}x; goal <= 2048 MB and <= 1.25x); preprocessed "
           f"{pre['peak_rss_mb']:.0f} MB")
     batches = 40 if args.quick else 200
-    r1 = pipeline_rate(shards, 1, batches)
-    r2 = pipeline_rate(shards, 2, batches)
+    (r1, s1), (r2, s2) = (pipeline_rate(shards, 1, batches),
+                          pipeline_rate(shards, 2, batches))
     print(f"input pipeline with noise: {r1:.0f} systems/s at K=1, {r2:.0f} at "
           f"K=2 ({r2 / r1:.2f}x; goal >= 1.7x on an idle 2-core host; "
-          f"{os.cpu_count()} cores here)")
-    from noisy_nodes.data import shards as shards_lib  # pylint: disable=g-import-not-at-top
-    splits, _ = shards_lib.open_splits(shards)
-    print(f"random reads: shards {read_rate(splits['train']):.0f} records/s")
+          f"{os.cpu_count()} cores here); worker start-up {s1:.1f}s (K=1), "
+          f"{s2:.1f}s (K=2)")
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 

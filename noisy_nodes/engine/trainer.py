@@ -180,7 +180,6 @@ class Experiment:
     if self._cache_train():
       graphs = self.graphs("train")[:self.SIZE_SAMPLE]
     else:
-      train = self.splits["train"]
       graphs = [self.task.featurize(train[i], None, False)
                 for i in range(min(len(train), self.SIZE_SAMPLE))]
     return ([int(g.n_node[0]) for g in graphs],
