@@ -41,6 +41,7 @@ class WorkerError(RuntimeError):
 
 # -- inside a worker -------------------------------------------------------------
 _WORKER: dict = {}
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _init(task_cls, config_json: str, task_state: Mapping[str, Any], source,
@@ -111,6 +112,11 @@ class FeaturizePool:
     self.workers = int(workers)
     self.names = names or str
     t0 = time.time()
+    # One thread each (BLAS/OpenMP in numpy and the neighbour search: K
+    # workers with a thread per core oversubscribe the host), no accelerator:
+    # set while the workers spawn, before they import numpy and JAX.
+    saved = dict(os.environ)
+    os.environ.update({k: "1" for k in _THREAD_VARS}, JAX_PLATFORMS="cpu")
     self._pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=self.workers,
         mp_context=multiprocessing.get_context("spawn"),
@@ -130,6 +136,9 @@ class FeaturizePool:
           f"data.workers={self.workers}: the worker processes did not start "
           f"({e}); they are spawned, so a script that trains must guard its "
           f"entry point with `if __name__ == '__main__':`") from None
+    finally:
+      os.environ.clear()
+      os.environ.update(saved)
     self._procs.update(getattr(self._pool, "_processes", {}) or {})
     self.startup_seconds = time.time() - t0
     self._closed = False
