@@ -33,20 +33,35 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 # -- keys -----------------------------------------------------------------------------
-def _structure_digest(h, s: Structure) -> None:
+def _structure_digest(h, s: Structure, targets: bool = True) -> None:
   h.update(s.id.encode())
   for a in (s.atomic_numbers, s.positions, s.cell, s.pbc):
     h.update(np.ascontiguousarray(a).tobytes())
-  for k in sorted(s.targets):
+  for k in sorted(s.targets) if targets else ():
     h.update(k.encode())
     h.update(np.ascontiguousarray(s.targets[k]).tobytes())
 
 
-def cache_key(structures: Sequence[Structure], featurizer) -> str:
-  """sha256 of (sample files + mtimes + content + featurizer settings)."""
+def structure_fingerprint(s: Structure) -> str:
+  """sha1 of what features depend on (id, atoms, positions, cell, pbc)."""
+  h = hashlib.sha1()
+  _structure_digest(h, s, targets=False)
+  return h.hexdigest()
+
+
+def cache_key(structures: Sequence[Structure], featurizer,
+              fingerprints: Optional[List[str]] = None) -> str:
+  """sha256 of (sample files + mtimes + content + featurizer settings).
+
+  ``fingerprints``: a list to which each structure's
+  ``structure_fingerprint`` is appended (the same pass, for sources that
+  parse a structure per read).
+  """
   h = hashlib.sha256()
   files = []
   for s in structures:
+    if fingerprints is not None:
+      fingerprints.append(structure_fingerprint(s))
     src = s.info.get("source")
     if src and os.path.exists(src):
       st = os.stat(src)
@@ -182,7 +197,8 @@ def featurize_all(structures: Sequence[Structure], featurizer,
 
 def load_or_build(structures: Sequence[Structure], featurizer,
                   cache_dir: Optional[str],
-                  num_workers: Optional[int] = None
+                  num_workers: Optional[int] = None,
+                  fingerprints: Optional[List[str]] = None
                   ) -> List[jraph.GraphsTuple]:
   """Featurised graphs of ``structures``, read from or written to a cache.
 
@@ -193,22 +209,31 @@ def load_or_build(structures: Sequence[Structure], featurizer,
       the ``fit`` one so its range is part of the key).
     cache_dir: folder of ``graphs_<key>.npz`` files; None disables caching.
     num_workers: see ``featurize_all``.
+    fingerprints: see ``cache_key`` (filled when ``cache_dir`` is set).
   """
   if not structures:
     raise DataError(str(cache_dir), "empty dataset: nothing to featurise")
   if cache_dir is None:
     return featurize_all(structures, featurizer, num_workers)
-  key = cache_key(structures, featurizer)
+  key = cache_key(structures, featurizer, fingerprints)
   path = os.path.join(cache_dir, f"graphs_{key[:24]}.npz")
   if os.path.exists(path):
     graphs, ids, meta = load_graphs(path)
-    if meta.get("key") == key and ids == [s.id for s in structures]:
+    if meta.get("key") == key and ids == _ids(structures):
       return graphs
   graphs = featurize_all(structures, featurizer, num_workers)
   os.makedirs(cache_dir, exist_ok=True)
-  save_graphs(path, graphs, [s.id for s in structures],
+  save_graphs(path, graphs, _ids(structures),
               meta={"key": key, "settings": featurizer.settings()})
   return graphs
+
+
+def _ids(structures: Sequence[Structure]) -> List[str]:
+  """Sample ids (``Source.name``: without parsing where the format allows)."""
+  names = getattr(structures, "name", None)
+  if names is not None:
+    return [names(i) for i in range(len(structures))]
+  return [s.id for s in structures]
 
 
 # -- splits ---------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from noisy_nodes.data.sources import Source
 from noisy_nodes.data.structures import FLOAT32_MAX, DataError, Structure
 
 FORMATS = ("matdeeplearn", "cgcnn", "alignn", "db")
@@ -362,6 +363,93 @@ def _structure_index(folder: str, fmt: str) -> Dict[str, str]:
   return index
 
 
+class FolderSource(Source):
+  """A labelled folder (MatDeepLearn / CGCNN / ALIGNN layout) as a source.
+
+  Construction indexes the folder: the file list and the targets csv, whose
+  faults (duplicate id, id without a file, missing or non-numeric target)
+  are known without parsing a structure; ``rows`` keeps them in csv order,
+  each row ``(sample, fault)`` or ``(sid, file name, target)``. A structure
+  file is parsed (``read_structure``: ``DataError`` naming it) only when
+  accessed; ``targets(i)`` comes from the csv.
+
+  Args: as ``read_dataset_folder``; with ``skip_invalid`` the csv faults go
+  to ``report.skipped``, else the first one raises.
+  """
+
+  def __init__(self, path: str, format: Optional[str] = None,  # pylint: disable=redefined-builtin
+               skip_invalid: bool = False, allow_overlap: bool = False,
+               max_cell_length: float = DEFAULT_MAX_CELL_LENGTH,
+               strict_rows: bool = True):
+    fmt = format or infer_format(path)
+    if fmt not in FORMATS or fmt == "db":
+      raise DataError(path, f"unknown dataset format {fmt!r}; use one of "
+                      f"{FORMATS}")
+    if not os.path.isdir(path):
+      raise DataError(path, "dataset folder not found")
+    self.path, self.fmt = path, fmt
+    self.opts = (allow_overlap, max_cell_length)
+    csv_name = "targets.csv" if fmt == "matdeeplearn" else "id_prop.csv"
+    csv_path = os.path.join(path, csv_name)
+    index = _structure_index(path, fmt)
+    table, _ = read_targets_csv(csv_path, allow_header=True,
+                                is_sample=lambda sid: sid in index)
+    self.report = FolderReport(format=fmt, targets_file=csv_path)
+    self.rows: List[tuple] = []
+    seen, used = {}, set()
+    for sid, target in table:
+      if sid in seen:
+        self.rows.append((csv_path, f"duplicate id {sid!r} ({seen[sid]} "
+                          "rows)"))
+        seen[sid] += 1
+        continue
+      seen[sid] = 1
+      fname = index.get(sid)
+      if fname is None:
+        self.rows.append((os.path.join(path, sid), f"id {sid!r} is listed in "
+                          f"{csv_name} but has no structure file"))
+        continue
+      used.add(fname)
+      if isinstance(target, str):
+        self.rows.append((os.path.join(path, fname), f"{csv_name} {target}"))
+        continue
+      self.rows.append((os.path.splitext(sid)[0] if fmt == "alignn" else sid,
+                        fname, target))
+    if fmt != "alignn":  # ALIGNN folders often hold other files
+      self.report.unlisted = sorted(set(index.values()) - used)
+    for row in self.rows:
+      if len(row) == 2 and strict_rows:
+        if not skip_invalid:
+          raise DataError(*row)
+        self.report.skipped.append(f"{row[0]}: {row[1]}")
+    self.entries = [r for r in self.rows if len(r) == 3]
+    if not self.entries and strict_rows:
+      raise DataError(path, "empty dataset (no readable labelled structures)"
+                      + (f"; skipped: {self.report.skipped[:3]}"
+                         if self.report.skipped else ""))
+
+  def __len__(self) -> int:
+    return len(self.entries)
+
+  def _name(self, i: int) -> str:
+    return self.entries[i][0]
+
+  def _targets(self, i: int) -> Dict[str, np.ndarray]:
+    return {"target": self.entries[i][2]}
+
+  def read_row(self, row) -> Structure:
+    sid, fname, target = row
+    s = read_structure(os.path.join(self.path, fname), id=sid,
+                       allow_overlap=self.opts[0],
+                       max_cell_length=self.opts[1])
+    s.targets["target"] = target
+    s.info["format"] = self.fmt
+    return s
+
+  def _read(self, i: int) -> Structure:
+    return self.read_row(self.entries[i])
+
+
 def read_dataset_folder(path: str, format: Optional[str] = None,  # pylint: disable=redefined-builtin
                         skip_invalid: bool = False,
                         allow_overlap: bool = False,
@@ -379,6 +467,7 @@ def read_dataset_folder(path: str, format: Optional[str] = None,  # pylint: disa
   Returns:
     (structures in csv order, report). Each structure has
     ``targets['target']`` float64[T] (T = number of target columns).
+    ``FolderSource`` is the same folder read on demand.
 
   Raises:
     DataError: missing or non-numeric target, duplicate id, an id without a
@@ -394,47 +483,25 @@ def read_dataset_folder(path: str, format: Optional[str] = None,  # pylint: disa
   if fmt == "db":
     return _read_db_folder(path, skip_invalid, allow_overlap,
                            max_cell_length)
-  csv_name = "targets.csv" if fmt == "matdeeplearn" else "id_prop.csv"
-  csv_path = os.path.join(path, csv_name)
-  index = _structure_index(path, fmt)
-  rows, _ = read_targets_csv(csv_path, allow_header=True,
-                             is_sample=lambda sid: sid in index)
-  report = FolderReport(format=fmt, targets_file=csv_path)
+  # Every fault in csv order, as one pass reports them.
+  source = FolderSource(path, fmt, skip_invalid, allow_overlap,
+                        max_cell_length, strict_rows=False)
+  report = source.report
 
   def fail(sample, fault):
     if not skip_invalid:
       raise DataError(sample, fault)
     report.skipped.append(f"{sample}: {fault}")
 
-  structures, seen, used = [], {}, set()
-  for sid, target in rows:
-    if sid in seen:
-      fail(csv_path, f"duplicate id {sid!r} ({seen[sid]} rows)")
-      seen[sid] += 1
-      continue
-    seen[sid] = 1
-    fname = index.get(sid)
-    if fname is None:
-      fail(os.path.join(path, sid), f"id {sid!r} is listed in {csv_name} but "
-           "has no structure file")
-      continue
-    used.add(fname)
-    fpath = os.path.join(path, fname)
-    if isinstance(target, str):
-      fail(fpath, f"{csv_name} {target}")
+  structures = []
+  for row in source.rows:
+    if len(row) == 2:
+      fail(*row)
       continue
     try:
-      s = read_structure(fpath, id=os.path.splitext(sid)[0] if fmt == "alignn"
-                         else sid, allow_overlap=allow_overlap,
-                         max_cell_length=max_cell_length)
+      structures.append(source.read_row(row))
     except DataError as e:
       fail(e.sample, e.fault)
-      continue
-    s.targets["target"] = target
-    s.info["format"] = fmt
-    structures.append(s)
-  if fmt != "alignn":  # ALIGNN folders often hold other files
-    report.unlisted = sorted(set(index.values()) - used)
   if not structures:
     raise DataError(path, "empty dataset (no readable labelled structures)"
                     + (f"; skipped: {report.skipped[:3]}" if report.skipped

@@ -51,8 +51,10 @@ import numpy as np
 
 import jraph
 
+from noisy_nodes.data.sources import (ListSource, Mapped, Source, Subset,
+                                      validated)
 from noisy_nodes.data.structures import (DataError, Structure, load_structures,
-                                    save_structures, validate_all)
+                                    save_structures)
 from noisy_nodes.tasks.base import Task
 
 from crystal import datasets
@@ -136,20 +138,6 @@ def split_indices(n: int, data) -> Dict[str, np.ndarray]:
   return {"train": train, "val": val, "test": test}
 
 
-def select_target(structures: Sequence[Structure], index: int,
-                  where: str) -> None:
-  """Keeps column ``index`` of every ``targets['target']`` (the reference's
-  ``target_index``: which column of targets.csv to learn); -1 keeps all."""
-  if index < 0:
-    return
-  for s in structures:
-    t = np.atleast_1d(np.asarray(s.targets[TARGET], np.float64))
-    if index >= t.shape[0]:
-      raise DataError(where, f"data.target_index={index} but sample {s.id} "
-                      f"has {t.shape[0]} target column(s)")
-    s.targets[TARGET] = t[index:index + 1]
-
-
 def featurizer_config(graph_cfg) -> features_lib.FeaturizerConfig:
   """``data.graph`` -> ``FeaturizerConfig`` (reference graph when empty).
 
@@ -185,26 +173,40 @@ class CrystalPropertyTask(Task):
       raise ValueError(f"train.loss must be 'l1' or 'mse', got "
                        f"{self.loss_kind!r}")
     self._cached: Dict[int, tuple] = {}
-    self._all: List[Structure] = []
+    self._all: Source = ListSource([])
 
   # -- data --------------------------------------------------------------------------
-  def dataset(self) -> List[Structure]:
-    """Every labelled structure of ``data.path`` (or the generated set)."""
+  def dataset(self) -> Source:
+    """Every labelled structure of ``data.path`` (or the generated set).
+
+    A folder is a ``crystal.io.FolderSource``: indexed here (file list and
+    targets csv, whose faults raise or are skipped now), each structure
+    parsed when read. With ``data.skip_invalid`` every structure is read
+    once now and the bad ones listed; otherwise a bad file raises
+    ``DataError`` naming it when first read, which ``setup`` does for every
+    sample (the graph cache) before training.
+    """
     d = self.config.data
     if d.get("path", ""):
       from crystal import io as io_lib  # pylint: disable=g-import-not-at-top
       skip = bool(d.get("skip_invalid", False))
-      structures, report = io_lib.read_dataset_folder(
-          d.path, format=d.get("format", "") or None, skip_invalid=skip)
-      structures = validate_all(structures, skip, report.skipped,
-                                check=self.featurizer.check)
+      folder_format = d.get("format", "") or None
+      if (folder_format or io_lib.infer_format(d.path)) == "db":
+        structures, report = io_lib.read_dataset_folder(
+            d.path, format="db", skip_invalid=skip)
+      else:
+        source = io_lib.FolderSource(d.path, format=folder_format,
+                                     skip_invalid=skip)
+        structures, report = source, source.report
+      structures = validated(structures, skip, report.skipped,
+                             check=self.featurizer.check)
       for line in report.lines():
         logging.warning("%s", line)
       self.skipped.extend(report.skipped)  # -> DIR/data_report.json
       return structures
-    return generated_dataset(d.generate, d.cache_dir)
+    return ListSource(generated_dataset(d.generate, d.cache_dir))
 
-  def load_splits(self) -> Dict[str, List[Structure]]:
+  def load_splits(self) -> Dict[str, Source]:
     d = self.config.data
     files = d.get("predict_files", None)
     if files:
@@ -216,25 +218,39 @@ class CrystalPropertyTask(Task):
       smallest = min(structures, key=lambda s: s.num_atoms)
       return {"predict": structures, "example": [smallest]}
     structures = self.dataset()
-    for s in structures:
-      if TARGET not in s.targets:
-        raise DataError(s.id, f"no targets[{TARGET!r}] to learn")
-    select_target(structures, int(d.get("target_index", -1)),
-                  d.get("path", "") or "generated dataset")
-    widths = {np.atleast_1d(s.targets[TARGET]).shape for s in structures}
+    where = d.get("path", "") or "generated dataset"
+    targets = [structures.targets(i) for i in range(len(structures))]
+    for i, t in enumerate(targets):
+      if TARGET not in t:
+        raise DataError(structures.name(i), f"no targets[{TARGET!r}] to learn")
+    index = int(d.get("target_index", -1))
+    widths = set()
+    for i, t in enumerate(targets):
+      width = np.atleast_1d(np.asarray(t[TARGET])).shape
+      if index >= 0 and index >= width[0]:
+        raise DataError(where, f"data.target_index={index} but sample "
+                        f"{structures.name(i)} has {width[0]} target "
+                        "column(s)")
+      widths.add((1,) if index >= 0 else width)
     if len(widths) != 1:
-      raise DataError(d.get("path", "") or "generated dataset",
-                      f"samples have different numbers of targets {widths}")
+      raise DataError(where, f"samples have different numbers of targets "
+                      f"{widths}")
+    if index >= 0:
+      structures = Mapped(structures, _SelectTarget(index),
+                          keeps_targets=False)
     self.num_targets = int(np.prod(widths.pop()))
     idx = split_indices(len(structures), d)
     self._all = structures
-    return {k: datasets.subset(structures, v) for k, v in idx.items()}
+    return {k: Subset(structures, v) for k, v in idx.items()}
 
   def setup(self, train: Sequence[Structure]) -> None:
     """Fits the distance range and target statistics; builds the graphs."""
     if self.featurizer.config.distance_scaling == "minmax":
       self.featurizer = self.featurizer.fit(train)
-    t = np.stack([np.atleast_1d(s.targets[TARGET]) for s in train])
+    targets = (train.targets if isinstance(train, Source)
+               else lambda i: train[i].targets)
+    t = np.stack([np.atleast_1d(targets(i)[TARGET])
+                  for i in range(len(train))])
     self.num_targets = t.shape[1]
     if self.config.data.get("normalize_targets", False):
       self.target_mean, self.target_std = t.mean(0), t.std(0) + 1e-8
@@ -248,8 +264,14 @@ class CrystalPropertyTask(Task):
     self._resolve_epochs(len(train))
     if self.config.data.get("graph_cache", True):
       cache = os.path.join(self.config.data.cache_dir, "graphs")
-      graphs = datasets.load_or_build(self._all, self.featurizer, cache)
-      self._cached = {id(s): (s, g) for s, g in zip(self._all, graphs)}
+      prints: List[str] = []
+      graphs = datasets.load_or_build(self._all, self.featurizer, cache,
+                                      fingerprints=prints)
+      # Keyed by sample id (a source builds a new Structure per read) and
+      # checked against the coordinates, so another structure of that id
+      # (a prediction file) misses.
+      self._cached = {self._all.name(i): (prints[i], g)
+                      for i, g in enumerate(graphs)}
 
   def _resolve_epochs(self, n_train: int) -> None:
     tc = self.config.train
@@ -294,8 +316,8 @@ class CrystalPropertyTask(Task):
   def featurize(self, structure: Structure, rng: Optional[np.random.Generator],
                 training: bool) -> jraph.GraphsTuple:
     del rng, training  # deterministic features
-    hit = self._cached.get(id(structure))
-    if hit is not None and hit[0] is structure:
+    hit = self._cached.get(structure.id)
+    if hit is not None and hit[0] == datasets.structure_fingerprint(structure):
       return hit[1]
     return self.featurizer(structure)
 
@@ -397,6 +419,19 @@ class CrystalPropertyTask(Task):
               f"for the mean predictor ({ratio:.2f}x lower; {split} split, "
               f"n={m['n']}, {which} checkpoint)", flush=True)
         break
+
+
+class _SelectTarget:
+  """Keeps column ``index`` of ``targets['target']`` (picklable)."""
+
+  def __init__(self, index: int):
+    self.index = index
+
+  def __call__(self, s: Structure, i: int) -> Structure:
+    del i
+    t = np.atleast_1d(np.asarray(s.targets[TARGET], np.float64))
+    s.targets[TARGET] = t[self.index:self.index + 1]
+    return s
 
 
 def _plain(cfg) -> Dict[str, Any]:

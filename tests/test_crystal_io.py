@@ -228,6 +228,27 @@ def test_folder_bad_structure_skip_and_unlisted(tmp_path):
   assert any("orphan.xyz: not listed" in l for l in report.lines())
 
 
+def test_folder_source_parses_on_access(tmp_path):
+  import pickle  # pylint: disable=g-import-not-at-top
+  root = _mdl_folder(str(tmp_path / "mdl"))
+  _write(os.path.join(root, "cu1.json"), "")  # read only when accessed
+  src = cio.FolderSource(root)
+  assert len(src) == 3 and src.name(1) == "cu1"
+  np.testing.assert_allclose(src.targets(1)["target"], [-3.6, 1.0])
+  back = pickle.loads(pickle.dumps(src))
+  assert back[2].id == "cu2" and back[2].info["format"] == "matdeeplearn"
+  with pytest.raises(DataError, match="empty file") as e:
+    src[1]
+  assert e.value.sample == os.path.join(root, "cu1.json")
+  # csv faults are found by the index, without parsing a structure.
+  with open(os.path.join(root, "targets.csv"), "a") as f:
+    f.write("cu0,1.0,2\n")
+  with pytest.raises(DataError, match="duplicate id 'cu0'"):
+    cio.FolderSource(root)
+  skipping = cio.FolderSource(root, skip_invalid=True)
+  assert len(skipping) == 3 and len(skipping.report.skipped) == 1
+
+
 def test_empty_dataset(tmp_path):
   root = tmp_path / "e"
   root.mkdir()

@@ -155,6 +155,38 @@ def test_read_dir_archives_exclude_and_cache(tmp_path):
   assert len(os.listdir(cache)) == 2
 
 
+def test_sources_read_files_and_archive_members_on_demand(tmp_path):
+  import pickle  # pylint: disable=g-import-not-at-top
+  d = _write_dir(tmp_path, [12, 3, 1, 7])
+  ref = reader.read_qm9_dir(str(d))
+  tar = tmp_path / "plain.tar"
+  with tarfile.open(tar, "w") as tf:  # long member names: GNU/pax headers
+    for nm in sorted(os.listdir(d)):
+      tf.add(d / nm, arcname="x" * 120 + "/" + nm)
+  zp = tmp_path / "qm9.zip"
+  with zipfile.ZipFile(zp, "w") as zf:
+    for nm in os.listdir(d):
+      zf.write(d / nm, arcname=f"sub/{nm}")
+  sources = [reader.open_qm9(str(p)) for p in (d, tar, zp)]
+  sources.append(reader.open_qm9(str(d), cache_dir=str(tmp_path / "c")))
+  for src in sources:
+    assert len(src) == 4 and src.name(3) == "dsgdb9nsd_000012"
+    back = pickle.loads(pickle.dumps(src))  # re-opens its own handle
+    for i in (3, 0, 2):
+      np.testing.assert_array_equal(back[i].positions, ref[i].positions)
+      assert back[i].targets == ref[i].targets
+    assert float(src.targets(1)["U0"]) == pytest.approx(-73 * HA)
+  excl = reader.open_qm9(str(tar), exclude_ids={3})
+  assert [excl.name(i) for i in range(3)] == [
+      "dsgdb9nsd_000001", "dsgdb9nsd_000007", "dsgdb9nsd_000012"]
+  tbz = tmp_path / "q.tar.bz2"
+  with tarfile.open(tbz, "w:bz2") as tf:
+    tf.add(d / "dsgdb9nsd_000001.xyz", arcname="dsgdb9nsd_000001.xyz")
+  with pytest.raises(DataError, match="compressed tar"):
+    reader.open_qm9(str(tbz))
+  assert len(reader.open_qm9(str(tbz), cache_dir=str(tmp_path / "c"))) == 1
+
+
 def test_read_dir_errors(tmp_path):
   d = _write_dir(tmp_path, [1, 2])
   (d / "dsgdb9nsd_000009.xyz").write_text(_water(2))

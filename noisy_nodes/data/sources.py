@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import collections.abc
+import json
 import operator
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
@@ -34,7 +35,7 @@ import numpy as np
 from noisy_nodes.data.structures import Structure
 
 __all__ = ["Source", "ListSource", "Subset", "Concat", "Mapped", "LazyHandle",
-           "validated", "as_source"]
+           "NpzSource", "validated", "as_source"]
 
 
 class Source(collections.abc.Sequence):
@@ -251,6 +252,60 @@ class LazyHandle:
     self.opener, self.args = state["opener"], state["args"]
     self.closer = state.get("closer")
     self._handle, self._pid = None, None
+
+
+class NpzSource(Source):
+  """A ``structures.save_structures`` file: concatenated arrays held
+  compactly (no ``Structure`` objects), one structure built per access;
+  ``targets(i)`` / ``num_atoms(i)`` / ``name(i)`` without building it."""
+
+  def __init__(self, path: str):
+    from noisy_nodes.data.structures import DataError  # pylint: disable=g-import-not-at-top
+    self.path = path
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+      index = json.loads(bytes(arrays.pop("index_json")).decode("utf-8"))
+      n_atoms = arrays.pop("n_atoms")
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataError(path, f"unreadable structure cache ({e})") from e
+    self.ids, self.info = index["ids"], index["info"]
+    self.offsets = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
+    self.arrays = arrays
+    self.tkeys = [k[2:] for k in arrays if k.startswith("t/")]
+    self.nkeys = [k[2:] for k in arrays if k.startswith("n/")]
+    self.noff = {k: np.concatenate([[0], np.cumsum(arrays[f"nl/{k}"])])
+                 for k in self.nkeys}
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def _name(self, i: int) -> str:
+    return str(self.ids[i])
+
+  def _num_atoms(self, i: int) -> int:
+    return int(self.offsets[i + 1] - self.offsets[i])
+
+  def _targets(self, i: int) -> Dict[str, np.ndarray]:
+    a = self.arrays
+    return {k: a[f"t/{k}"][i] for k in self.tkeys if a[f"th/{k}"][i]}
+
+  def _read(self, i: int) -> Structure:
+    a = self.arrays
+    sl = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+    na = {}
+    for k in self.nkeys:
+      o, count = self.noff[k], a[f"nc/{k}"][i]
+      if o[i + 1] == o[i] and count == 0:
+        continue
+      v = a[f"n/{k}"][o[i]:o[i + 1]]
+      if k.startswith("frames"):
+        v = v.reshape((count, -1) + v.shape[1:])
+      na[k] = v
+    return Structure(id=self.ids[i], atomic_numbers=a["atomic_numbers"][sl],
+                     positions=a["positions"][sl], cell=a["cell"][i],
+                     pbc=a["pbc"][i], targets=self._targets(i),
+                     node_arrays=na, info=self.info[i])
 
 
 def validated(source: Sequence[Structure], skip_invalid: bool = False,

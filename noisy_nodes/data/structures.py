@@ -179,40 +179,9 @@ def save_structures(path: str, structures: Sequence[Structure]) -> None:
 
 
 def load_structures(path: str) -> List[Structure]:
-  """Inverse of ``save_structures``."""
-  try:
-    data = np.load(path, allow_pickle=False)
-    index = json.loads(bytes(data["index_json"]).decode("utf-8"))
-    n_atoms = data["n_atoms"]
-  except Exception as e:  # pylint: disable=broad-except
-    raise DataError(path, f"unreadable structure cache ({e})") from e
-  off = np.concatenate([[0], np.cumsum(n_atoms)])
-  z, pos, cell, pbc = (data["atomic_numbers"], data["positions"], data["cell"],
-                       data["pbc"])
-  tkeys = [k[2:] for k in data.files if k.startswith("t/")]
-  nkeys = [k[2:] for k in data.files if k.startswith("n/")]
-  targets = {k: (data[f"t/{k}"], data[f"th/{k}"]) for k in tkeys}
-  nodes = {}
-  for k in nkeys:
-    lens = data[f"nl/{k}"]
-    nodes[k] = (data[f"n/{k}"], np.concatenate([[0], np.cumsum(lens)]),
-                data[f"nc/{k}"])
-  out = []
-  for i, sid in enumerate(index["ids"]):
-    sl = slice(off[i], off[i + 1])
-    t = {k: v[i] for k, (v, has) in targets.items() if has[i]}
-    na = {}
-    for k, (flat, o, counts) in nodes.items():
-      if o[i + 1] == o[i] and counts[i] == 0:
-        continue
-      v = flat[o[i]:o[i + 1]]
-      if k.startswith("frames"):
-        v = v.reshape((counts[i], -1) + v.shape[1:])
-      na[k] = v
-    out.append(Structure(id=sid, atomic_numbers=z[sl], positions=pos[sl],
-                         cell=cell[i], pbc=pbc[i], targets=t, node_arrays=na,
-                         info=index["info"][i]))
-  return out
+  """Inverse of ``save_structures`` (``sources.NpzSource`` reads it lazily)."""
+  from noisy_nodes.data.sources import NpzSource  # pylint: disable=g-import-not-at-top
+  return list(NpzSource(path))
 
 
 def _cat(arrs: Iterable[np.ndarray], dtype, empty_shape=(0,)) -> np.ndarray:

@@ -13,6 +13,12 @@ Data (``config.data``):
     (``val_fraction``, ``test_fraction``, ``split_seed``).
   * ``whole=True`` (``evaluate --split=all``): everything under ``path`` is
     one split ``all``, never re-split.
+  * Every split is a source read on demand (``noisy_nodes.data.sources``:
+    records indexed, parsed when read; ``setup`` reads the targets only).
+  * ``frames_path``: trajectory frames by sid (``frames.FramesSource``: a
+    folder of ``<sid>.traj`` or S2EF LMDBs) for IS2RE frame sampling; the
+    drawn frame is read from disk when drawn, and training systems without
+    frames are counted in data_report.json with a warning.
 
 Featurisation (``featurize``):
   * training: Noisy Nodes (§3.3).  IS2RE samples a trajectory frame when the

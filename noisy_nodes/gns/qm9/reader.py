@@ -61,6 +61,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tupl
 
 import numpy as np
 
+from noisy_nodes.data.sources import LazyHandle, NpzSource, Source
 from noisy_nodes.data.structures import (DataError, Structure, load_structures,
                                     save_structures)
 
@@ -466,6 +467,152 @@ def read_qm9_dir(path: str, exclude_ids: Optional[Iterable[int]] = None,
     os.makedirs(cache_dir, exist_ok=True)
     save_structures(cache_path, out)
   return out
+
+
+class QM9FilesSource(Source):
+  """Raw QM9 files of a folder, each parsed when accessed (sorted by the
+  index in the file name, ``dsgdb9nsd_%06d.xyz``)."""
+
+  def __init__(self, path: str, exclude_ids: Optional[Iterable[int]] = None,
+               allow_nan: bool = False, keep_frequencies: bool = False):
+    if not os.path.isdir(path):
+      raise DataError(path, "no such folder")
+    exclude = set(int(i) for i in (exclude_ids or ()))
+    names = sorted((nm for nm in os.listdir(path) if _is_qm9_name(nm)),
+                   key=_sort_key)
+    if not names:
+      raise DataError(path, "folder holds no .xyz files")
+    self.path = path
+    self.names = [nm for nm in names if _sort_key(nm)[0] not in exclude]
+    self.opts = (allow_nan, keep_frequencies)
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+  def _name(self, i: int) -> str:
+    return os.path.splitext(self.names[i])[0]
+
+  def _read(self, i: int) -> Structure:
+    return read_qm9_xyz(os.path.join(self.path, self.names[i]), *self.opts)
+
+
+class QM9ArchiveSource(Source):
+  """The ``.xyz`` members of a zip or an uncompressed tar, indexed once (zip:
+  member names; tar: data offsets and sizes from one pass over the headers)
+  and parsed when accessed. Compressed tars have no random access: read
+  them with ``read_qm9_dir`` into its npz cache (``open_qm9``)."""
+
+  def __init__(self, path: str, exclude_ids: Optional[Iterable[int]] = None,
+               allow_nan: bool = False, keep_frequencies: bool = False):
+    if not os.path.isfile(path):
+      raise DataError(path, "no such archive")
+    exclude = set(int(i) for i in (exclude_ids or ()))
+    self.path, self.opts = path, (allow_nan, keep_frequencies)
+    self.is_zip = zipfile.is_zipfile(path)
+    if self.is_zip:
+      with zipfile.ZipFile(path) as zf:
+        members = [(i.filename, 0, 0) for i in zf.infolist()
+                   if not i.is_dir() and _is_qm9_name(i.filename)]
+    else:
+      with open(path, "rb") as f:
+        magic = f.read(6)
+        if magic[:3] == b"BZh" or magic[:2] == b"\x1f\x8b" or (
+            magic == b"\xfd7zXZ\x00"):
+          raise DataError(path, "compressed tar: no random access (read it "
+                          "once into the npz cache: data.cache_dir)")
+        f.seek(0)
+        members = [(nm, off, size) for nm, off, size in _tar_members(f, path)
+                   if _is_qm9_name(nm)]
+    members = sorted((m for m in members
+                      if _sort_key(m[0])[0] not in exclude),
+                     key=lambda m: _sort_key(m[0]))
+    if not members:
+      raise DataError(path, "archive holds no .xyz files")
+    self.members = [m[0] for m in members]
+    self.offsets = np.array([m[1:] for m in members], np.int64)
+    self._fh = LazyHandle(_open_archive, path, self.is_zip,
+                          closer=None)
+
+  def __len__(self) -> int:
+    return len(self.members)
+
+  def _name(self, i: int) -> str:
+    return os.path.splitext(os.path.basename(self.members[i]))[0]
+
+  def _read(self, i: int) -> Structure:
+    name = self.members[i]
+    fh = self._fh.get()
+    if self.is_zip:
+      raw = fh.read(name)
+    else:
+      off, size = (int(x) for x in self.offsets[i])
+      fh.seek(off)
+      raw = fh.read(size)
+    return parse_qm9_text(_decode(raw, name), name, *self.opts)
+
+
+def _open_archive(path: str, is_zip: bool):
+  return zipfile.ZipFile(path) if is_zip else open(path, "rb")
+
+
+def _tar_members(f, path: str) -> Iterator[Tuple[str, int, int]]:
+  """(name, data offset, size) of the regular files of a plain tar."""
+  long_name = None
+  while True:
+    head = f.read(512)
+    if len(head) < 512 or head == _ZERO_BLOCK:
+      if 0 < len(head) < 512:
+        raise DataError(path, "not a tar/zip archive, or a truncated one")
+      return
+    try:
+      size = int(head[124:136].strip(b"\0 ") or b"0", 8)
+    except ValueError:
+      raise DataError(path, "not a tar/zip archive (bad tar header)") from None
+    kind, offset = head[156:157], f.tell()
+    if kind in (b"L", b"x"):
+      data = f.read(size)
+      f.read(-size % 512)
+      if kind == b"L":
+        long_name = data.rstrip(b"\0").decode("utf-8", "replace")
+      else:
+        for rec in data.decode("utf-8", "replace").split("\n"):
+          if " path=" in rec:
+            long_name = rec.split(" path=", 1)[1]
+      continue
+    f.seek(size + (-size % 512), os.SEEK_CUR)
+    name, long_name = long_name, None
+    if name is None:
+      name = head[0:100].rstrip(b"\0").decode("utf-8", "replace")
+      prefix = head[345:500].rstrip(b"\0")
+      if head[257:262] == b"ustar" and prefix:
+        name = prefix.decode("utf-8", "replace") + "/" + name
+    if kind in (b"0", b"\0", b"7"):
+      yield name, offset, size
+
+
+def open_qm9(path: str, exclude_ids: Optional[Iterable[int]] = None,
+             allow_nan: bool = False, keep_frequencies: bool = False,
+             cache_dir: Optional[str] = None) -> Source:
+  """QM9 as a source. With ``cache_dir``: the npz cache of ``read_qm9_dir``
+  (built once, in workers), held as compact arrays (``NpzSource``, fast
+  ``targets``/``num_atoms``); without: the folder's files or the archive's
+  members parsed on access (a compressed tar needs ``cache_dir``)."""
+  exclude = set(int(i) for i in (exclude_ids or ()))
+  if cache_dir:
+    names = None
+    if os.path.isdir(path):
+      names = sorted((nm for nm in os.listdir(path) if _is_qm9_name(nm)),
+                     key=_sort_key)
+    if not os.path.exists(path):
+      raise DataError(path, "no such folder or archive")
+    key = _cache_key(path, names, exclude, allow_nan, keep_frequencies)
+    cache_path = os.path.join(cache_dir, f"qm9_{key}.npz")
+    if not os.path.exists(cache_path):
+      read_qm9_dir(path, exclude, allow_nan=allow_nan,
+                   keep_frequencies=keep_frequencies, cache_dir=cache_dir)
+    return NpzSource(cache_path)
+  cls = QM9FilesSource if os.path.isdir(path) else QM9ArchiveSource
+  return cls(path, exclude, allow_nan, keep_frequencies)
 
 
 # -- atom references and the split ------------------------------------------
