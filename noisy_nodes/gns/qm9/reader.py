@@ -315,6 +315,19 @@ def _iter_tar(f, path: str) -> Iterator[Tuple[str, bytes]]:
   QM9's 134k tiny members this loop over 512-byte headers (ustar, GNU long
   names, pax ``path``) is several times faster.
   """
+  for name, _, _, data in _tar_entries(f, path, with_data=True):
+    yield name, data
+
+
+def _tar_members(f, path: str) -> Iterator[Tuple[str, int, int]]:
+  """(name, data offset, size) of the regular files of a plain tar (seeks
+  over the data: one pass over the headers)."""
+  for name, offset, size, _ in _tar_entries(f, path, with_data=False):
+    yield name, offset, size
+
+
+def _tar_entries(f, path: str, with_data: bool):
+  """(name, data offset, size, bytes or None) of a tar's regular files."""
   long_name = None
   while True:
     head = f.read(512)
@@ -327,10 +340,15 @@ def _iter_tar(f, path: str) -> Iterator[Tuple[str, bytes]]:
     except ValueError:
       raise DataError(path, "not a tar/zip archive (bad tar header)") from None
     kind = head[156:157]
-    data = f.read(size)
-    if len(data) < size:
-      raise DataError(path, "truncated tar archive")
-    f.read(-size % 512)
+    offset = f.tell() if not with_data else -1
+    if with_data or kind in (b"L", b"x"):
+      data = f.read(size)
+      if len(data) < size:
+        raise DataError(path, "truncated tar archive")
+      f.read(-size % 512)
+    else:
+      data = None
+      f.seek(size + (-size % 512), os.SEEK_CUR)
     if kind in (b"L", b"x"):
       if kind == b"L":
         long_name = data.rstrip(b"\0").decode("utf-8", "replace")
@@ -347,7 +365,7 @@ def _iter_tar(f, path: str) -> Iterator[Tuple[str, bytes]]:
       if head[257:262] == b"ustar" and prefix:
         name = prefix.decode("utf-8", "replace") + "/" + name
     if kind in (b"0", b"\0", b"7"):
-      yield name, data
+      yield name, offset, size, data
 
 
 def _parse_chunk(args):
@@ -530,8 +548,10 @@ class QM9ArchiveSource(Source):
       raise DataError(path, "archive holds no .xyz files")
     self.members = [m[0] for m in members]
     self.offsets = np.array([m[1:] for m in members], np.int64)
-    self._fh = LazyHandle(_open_archive, path, self.is_zip,
-                          closer=None)
+    if not self.is_zip and (self.offsets.sum(1) > os.path.getsize(path)
+                            ).any():
+      raise DataError(path, "truncated tar archive")
+    self._fh = LazyHandle(_open_archive, path, self.is_zip)
 
   def __len__(self) -> int:
     return len(self.members)
@@ -553,41 +573,6 @@ class QM9ArchiveSource(Source):
 
 def _open_archive(path: str, is_zip: bool):
   return zipfile.ZipFile(path) if is_zip else open(path, "rb")
-
-
-def _tar_members(f, path: str) -> Iterator[Tuple[str, int, int]]:
-  """(name, data offset, size) of the regular files of a plain tar."""
-  long_name = None
-  while True:
-    head = f.read(512)
-    if len(head) < 512 or head == _ZERO_BLOCK:
-      if 0 < len(head) < 512:
-        raise DataError(path, "not a tar/zip archive, or a truncated one")
-      return
-    try:
-      size = int(head[124:136].strip(b"\0 ") or b"0", 8)
-    except ValueError:
-      raise DataError(path, "not a tar/zip archive (bad tar header)") from None
-    kind, offset = head[156:157], f.tell()
-    if kind in (b"L", b"x"):
-      data = f.read(size)
-      f.read(-size % 512)
-      if kind == b"L":
-        long_name = data.rstrip(b"\0").decode("utf-8", "replace")
-      else:
-        for rec in data.decode("utf-8", "replace").split("\n"):
-          if " path=" in rec:
-            long_name = rec.split(" path=", 1)[1]
-      continue
-    f.seek(size + (-size % 512), os.SEEK_CUR)
-    name, long_name = long_name, None
-    if name is None:
-      name = head[0:100].rstrip(b"\0").decode("utf-8", "replace")
-      prefix = head[345:500].rstrip(b"\0")
-      if head[257:262] == b"ustar" and prefix:
-        name = prefix.decode("utf-8", "replace") + "/" + name
-    if kind in (b"0", b"\0", b"7"):
-      yield name, offset, size
 
 
 def open_qm9(path: str, exclude_ids: Optional[Iterable[int]] = None,
