@@ -104,8 +104,11 @@ class FramesSource:
           if not x.isdigit():
             continue
           sample = f"{f}[{x.decode()}]"
-          fields = legacy_lmdb.unpickle_data(
-              legacy_lmdb.lmdb_get(env, x, sample), sample)
+          blob = legacy_lmdb.lmdb_get(env, x, sample)
+          # Scalars first (no tensor decoded); tensors only if sid/fid are.
+          fields = legacy_lmdb.unpickle_data(blob, sample, tensors=False)
+          if any(legacy_lmdb.is_skipped(fields.get(k)) for k in ("sid", "fid")):
+            fields = legacy_lmdb.unpickle_data(blob, sample)
           if fields.get("sid") is None or fields.get("fid") is None:
             raise DataError(sample, "S2EF record without 'sid' and 'fid'")
           sid_of.append(str(np.asarray(fields["sid"]).reshape(-1)[0].item()))

@@ -216,10 +216,54 @@ def _read_exact(f, n):
   return out
 
 
-def unpickle_data(blob: bytes, sample: str = "<bytes>") -> Dict[str, Any]:
-  """Unpickles one Data blob to {field: numpy array or python scalar}."""
+class _Skipped:
+  """A tensor left undecoded by ``unpickle_data(..., tensors=False)``."""
+
+
+_SKIPPED = _Skipped()
+
+
+def is_skipped(value) -> bool:
+  """True for a tensor field left undecoded (``tensors=False``)."""
+  return value is _SKIPPED
+
+
+def _skip_tensor(*args, **kwargs):
+  del args, kwargs
+  return _SKIPPED
+
+
+class _ScalarUnpickler(_Unpickler):
+  """Resolves tensors to ``_SKIPPED`` without decoding their storages: the
+  scalars of a record (OC20's ``sid``, ``natoms``, ``y_relaxed``, ``y_init``
+  are python numbers) at a fraction of the cost."""
+
+  _resolved: Dict[tuple, Any] = {}  # the globals are few and immutable
+
+  def find_class(self, module, name):
+    hit = self._resolved.get((module, name))
+    if hit is None:
+      if f"{module}.{name}" in _TENSOR_GLOBALS:
+        hit = _skip_tensor
+      else:
+        hit = super().find_class(module, name)
+      self._resolved[(module, name)] = hit
+    return hit
+
+
+_TENSOR_GLOBALS = ("torch._utils._rebuild_tensor_v2",
+                   "torch._utils._rebuild_tensor",
+                   "torch.storage._load_from_bytes")
+
+
+def unpickle_data(blob: bytes, sample: str = "<bytes>",
+                  tensors: bool = True) -> Dict[str, Any]:
+  """Unpickles one Data blob to {field: numpy array or python scalar}.
+
+  ``tensors=False``: tensor fields are left undecoded (``_SKIPPED``).
+  """
   try:
-    obj = _Unpickler(io.BytesIO(blob)).load()
+    obj = (_Unpickler if tensors else _ScalarUnpickler)(io.BytesIO(blob)).load()
   except DataError:
     raise
   except pickle.UnpicklingError as e:
@@ -421,26 +465,43 @@ class LegacyLmdbSource(Source):
   def __len__(self) -> int:
     return self.n
 
-  def _fields(self, i: int):
+  def _fields(self, i: int, tensors: bool = True):
     sample = f"{self.path}[{i}]"
     blob = lmdb_get(self._env.get(), str(i).encode("ascii"), sample)
-    return unpickle_data(blob, sample), sample
+    return unpickle_data(blob, sample, tensors), sample
+
+  def _scalars(self, i: int, keys: Sequence[str]):
+    """The fields ``keys`` of record i, decoding tensors only if one of
+    them is a tensor (OC20 stores them as python numbers)."""
+    fields, sample = self._fields(i, tensors=False)
+    if any(is_skipped(fields.get(k)) for k in keys):
+      fields, sample = self._fields(i)
+    return fields, sample
 
   def _read(self, i: int) -> Structure:
     fields, sample = self._fields(i)
     return data_to_structure(fields, sample, self.path)
 
   def _name(self, i: int) -> str:
-    fields, sample = self._fields(i)
+    fields, sample = self._scalars(i, ("sid",))
     sid = fields.get("sid")
     return sample if sid is None else str(np.asarray(sid).reshape(-1)[0].item())
 
   def _targets(self, i: int) -> Dict[str, np.ndarray]:
-    fields, _ = self._fields(i)
-    return {name: np.float64(np.asarray(fields[key]).reshape(-1)[0])
-            for name, key in _TARGET_FIELDS if fields.get(key) is not None}
+    fields, sample = self._scalars(i, [k for _, k in _TARGET_FIELDS])
+    out = {}
+    for name, key in _TARGET_FIELDS:
+      if fields.get(key) is not None:
+        v = np.asarray(fields[key], np.float64).reshape(-1)
+        if v.size != 1:
+          raise DataError(sample, f"{key} has {v.size} values, expected 1")
+        out[name] = np.float64(v[0])
+    return out
 
   def _num_atoms(self, i: int) -> int:
+    fields, _ = self._scalars(i, ("natoms",))
+    if fields.get("natoms") is not None:
+      return int(np.asarray(fields["natoms"]).reshape(-1)[0])
     fields, _ = self._fields(i)
     return int(np.asarray(fields["atomic_numbers"]).reshape(-1).shape[0])
 
