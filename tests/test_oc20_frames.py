@@ -114,9 +114,32 @@ def test_frames_sampled_from_disk_and_missing_systems_reported(
   np.testing.assert_allclose(g.nodes["positions"], systems[1].positions,
                              atol=1e-5)
   assert not reads
-  # Workers receive the task's frames source pickled: it reads there too.
+  # A data worker rebuilds the task from config and state: same frames.
+  worker = OC20Task(task.config)
+  worker.load_state_dict(task.state_dict())
+  rng = np.random.default_rng(5)
+  g = worker.featurize(train[1], rng, True)
+  sid, f = reads.pop()
+  np.testing.assert_allclose(g.nodes["positions"], systems[1].node_arrays[
+      "frames_positions"][f], atol=1e-5)
+  # The source pickles (paths and indices) and reads in the copy too.
   back = pickle.loads(pickle.dumps(task.frames))
   np.testing.assert_allclose(back.frame("101", 0), systems[1].positions)
+
+
+def test_frames_join_preprocessed_shards(frames_data, tmp_path):
+  from noisy_nodes import preprocess  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.engine import trainer  # pylint: disable=g-import-not-at-top
+  path, trajs, _ = frames_data
+  config = _config(path, trajs)
+  out = str(tmp_path / "shards")
+  preprocess.preprocess(config, out, workers=0, shard_size=10)
+  config.data.path = out
+  exp = trainer.Experiment(config, str(tmp_path / "run"))
+  exp.write_data_report()
+  report = json.load(open(tmp_path / "run" / "data_report.json"))
+  assert report["frames"]["without_frames"] == ["102"]
+  assert report["frames"]["systems_with_frames"] == 2
 
 
 def test_frames_from_s2ef_lmdb_grouped_by_sid(frames_data, tmp_path):

@@ -113,6 +113,7 @@ class Experiment:
       self.splits, self.manifest = shards_lib.open_splits(config.data.path,
                                                           config)
       self.task.skipped.extend(self.manifest.get("skipped", []))
+      self.task.link_splits(self.splits)
       logging.info("preprocessed shards in %s (%s)", config.data.path,
                    self.manifest["stores"])
     else:

@@ -60,6 +60,12 @@ class Task(abc.ABC):
     """{'train': ..., 'val': ..., 'test': ...} (test optional): each a
     ``noisy_nodes.data.sources.Source`` read on demand (or a list)."""
 
+  def link_splits(self, splits: Mapping[str, Sequence[Structure]]) -> None:
+    """Joins what the task reads beside the samples (OC20's trajectory
+    frames) to splits that did not come from ``load_splits`` (preprocessed
+    shards); ``load_splits`` calls it too. Default: nothing."""
+    del splits
+
   def setup(self, train: Sequence[Structure]) -> None:
     """Fits statistics on the training split (target mean/std...)."""
 

@@ -294,9 +294,24 @@ class OC20Task(Task):
           "OC20 data holds TOTAL energies (no adsorption referencing): "
           "training and reporting '%s' as total energies, which is not the "
           "IS2RE adsorption-energy benchmark", self.target_name)
-    if "train" in splits and d.get("frames_path", ""):
-      self._join_frames(splits["train"])
+    self.link_splits(splits)
     return splits
+
+  def link_splits(self, splits: Dict[str, Sequence[Structure]]) -> None:
+    """Joins the training split to ``data.frames_path`` (also for splits
+    from preprocessed shards, which do not pass through ``load_splits``)."""
+    if "train" in splits and self.config.data.get("frames_path", ""):
+      self._join_frames(splits["train"])
+
+  def _frames(self):
+    """The frames source: built on first use in a process that did not join
+    it (a data worker rebuilds the task from its config and state)."""
+    d = self.config.data
+    if self.frames is None and d.get("frames_path", ""):
+      from noisy_nodes.gns.oc20 import frames as frames_lib  # pylint: disable=g-import-not-at-top
+      cache = os.path.expanduser(str(d.get("cache_dir", "") or "")) or None
+      self.frames = frames_lib.FramesSource(str(d.frames_path), cache)
+    return self.frames
 
   def _join_frames(self, train: Source) -> None:
     """``data.frames_path``: trajectory frames by sid for the training split
@@ -304,12 +319,12 @@ class OC20Task(Task):
     data_report.json with a warning, never silently trained without."""
     from noisy_nodes.gns.oc20 import frames as frames_lib  # pylint: disable=g-import-not-at-top
     d = self.config.data
-    cache = os.path.expanduser(str(d.get("cache_dir", "") or "")) or None
-    self.frames = frames_lib.FramesSource(str(d.frames_path), cache)
-    sids = [train.name(i) for i in range(len(train))]
-    missing = frames_lib.missing_systems(sids, self.frames)
+    self.frames = None
+    frames = self._frames()
+    sids = [_name(train, i) for i in range(len(train))]
+    missing = frames_lib.missing_systems(sids, frames)
     self.data_report["frames"] = {
-        "path": str(d.frames_path), "kind": self.frames.kind,
+        "path": str(d.frames_path), "kind": frames.kind,
         "systems_with_frames": len(sids) - len(missing),
         "systems_without_frames": len(missing),
         "without_frames": missing[:1000]}
@@ -421,7 +436,7 @@ class OC20Task(Task):
     tags = np.asarray(arrays.get("tags", np.zeros(n)), np.int32)
     relaxed = arrays.get("positions_relaxed")
     frames = arrays.get("frames_positions")
-    if self.frames is not None and training:
+    if training and d.get("frames_path", "") and self._frames() is not None:
       # data.frames_path: the frames of this system, read when drawn.
       sid = str(s.info.get("sid", s.id) if s.info else s.id)
       if sid in self.frames:
