@@ -102,7 +102,8 @@ def child(args) -> dict:
   from noisy_nodes.engine import optim, parallel, runtime  # pylint: disable=g-import-not-at-top
   from noisy_nodes.data.structures import load_structures  # pylint: disable=g-import-not-at-top
   from crystal import tasks  # pylint: disable=g-import-not-at-top
-  from crystal.models import agat_cpu, count_params  # pylint: disable=g-import-not-at-top
+  from crystal.models import agat_cpu  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.nn import count_params  # pylint: disable=g-import-not-at-top
   from noisy_nodes.engine import precision  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import device_report  # pylint: disable=g-import-not-at-top

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401
-from crystal.models import DiffGroupNorm, GATGNN, count_params
+from crystal.models import DiffGroupNorm, GATGNN
+from noisy_nodes.nn import count_params
 from crystal.models import pooling
 
 F_NODE, F_EDGE = 12, 8

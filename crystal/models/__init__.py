@@ -18,7 +18,6 @@ from crystal.models import skeleton
 from crystal.models import cgcnn, gatgnn, megnet, mpnn, schnet
 from crystal.models.norms import DiffGroupNorm
 from crystal.models.stack import format_params
-from noisy_nodes.nn import count_params
 from crystal.models.gatgnn import AGATLayer, GATGNN
 from crystal.models.cgcnn import CGCNN, CGConv
 from crystal.models.schnet import SchNet, InteractionBlock
@@ -26,11 +25,12 @@ from crystal.models.mpnn import MPNN, NNConv
 from crystal.models.megnet import MEGNet
 from crystal.models.skeleton import CrystalModel
 
+# What users import: the models, their layers, presets and the parameter
+# table (the modules stay importable: ``from crystal.models import stack``).
 __all__ = ["AGATLayer", "CGCNN", "CGConv", "CrystalModel", "DiffGroupNorm",
            "GATGNN", "InteractionBlock", "MEGNet", "MODELS", "MPNN",
-           "NNConv", "SchNet", "build_model", "count_params",
-           "format_params", "learning_rate", "norms", "pooling", "presets",
-           "skeleton", "stack"]
+           "NNConv", "SchNet", "build_model", "format_params",
+           "learning_rate", "presets"]
 
 MODELS = {"gatgnn": GATGNN, "cgcnn": CGCNN, "schnet": SchNet, "mpnn": MPNN,
           "megnet": MEGNet}

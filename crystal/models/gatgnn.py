@@ -44,7 +44,7 @@ def head_dot(u: jnp.ndarray, att: jnp.ndarray) -> jnp.ndarray:
 
   out[e, k·H + h] = Σ_d u[e, h·D + d] att[k, h, d], as one plain matmul
   ``u @ blockdiag(att)``: on XLA:CPU the multiply + sum over D otherwise
-  becomes separate reduce kernels (AGAT layer forward 2.2x faster).
+  becomes separate reduce kernels (slower: docs/benchmarks.md).
   """
   return u @ _block_diagonal(att)
 
@@ -58,7 +58,7 @@ def _head_dot_bwd(res, g):
   k, heads, dim = att.shape
   # g.T @ u is [K·H, H·D]; its diagonal blocks are the gradient. XLA's own
   # transpose, u.T @ g [H·D, K·H] (a matmul contracting the long axis of a
-  # transposed operand), was 6x slower on XLA:CPU.
+  # transposed operand), was several times slower on XLA:CPU.
   # (Cotangents in the primals' dtypes: under bf16 the incoming g can be
   # float32.)
   g = g.astype(u.dtype)
@@ -78,7 +78,7 @@ def head_weighted_sum(u: jnp.ndarray, alpha: jnp.ndarray) -> jnp.ndarray:
   The gradient of alpha, Σ_d u[e, h, d] g[e, d], is a batched dot product:
   autodiff's multiply-then-sum materialises the [E, H, D] product and
   XLA:CPU then sums it in two passes (a reduce-window over D); the einsum
-  is one kernel (2x faster; the training step 1.02-1.03x).
+  is one kernel (docs/benchmarks.md).
   """
   return (u * alpha[:, :, None]).sum(axis=1)
 
