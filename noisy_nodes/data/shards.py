@@ -29,7 +29,8 @@ LMDB rather than npz shards: a record is one B-tree lookup in a memory-mapped
 file (``benchmarks/data_bench.py`` measures the random-read rate), while a
 member of an ``.npz`` (a zip) is read whole, so one random sample would cost
 reading its shard's arrays. Records are not ``.npz`` either: its zip and
-header parsing cost ~1 ms per record on this VM, ``pack_arrays`` ~0.1 ms.
+header parsing cost far more per record than ``pack_arrays``
+(docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ _MAGIC = b"NNR1"
 def pack_arrays(arrays: Dict[str, np.ndarray]) -> bytes:
   """Plain arrays as one record: magic, a JSON header of (name, dtype,
   shape, offset), then the raw bytes. Decoding is a slice per array (an
-  ``.npz`` in memory costs ~1 ms a record for its zip and header parsing)."""
+  ``.npz`` in memory pays for its zip and header parsing)."""
   header, chunks, offset = [], [], 0
   for name, value in arrays.items():
     a = np.ascontiguousarray(value)
