@@ -1,16 +1,15 @@
 """data.workers=K: featurisation in worker processes (issue 15 point 4).
 
-Same batches for every K, exact resume with K = 2, and faults that stop the
-run with an error naming the sample: a worker killed mid-epoch, a record that
-does not decode.
+Same batches for every K (and a stream resumed mid-epoch with workers), and
+faults that stop the run with an error naming the sample: a worker killed
+mid-epoch, a record that does not decode. Exact resume of a training run with
+K = 2: tests/test_engine.py::test_exact_resume_gives_identical_parameters.
 """
 import os
 import signal
 import sys
 import time
 
-import jax
-import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401
@@ -59,30 +58,6 @@ def test_same_batches_for_every_worker_count(tmp_path):
   config.data.workers = 1
   resumed = _take(exp.train_stream(budget, seed=7), 3, runs[0][2].position)
   assert_same_batches(runs[0][3:], resumed)
-
-
-def test_exact_resume_with_two_workers(tmp_path):
-  """6 noisy steps with K = 0 == 3 steps with K = 2, restart, 3 more."""
-  def config(workers, steps):
-    c = toy_config.get_config("noisy")
-    c.data.workers = workers
-    c.train.update(num_steps=steps, log_every=3, eval_every=0,
-                   checkpoint_every=3)
-    return c
-  straight = str(tmp_path / "straight")
-  trainer.train(config(0, 6), straight)
-  resumed = str(tmp_path / "resumed")
-  trainer.train(config(2, 3), resumed)
-  trainer.train(config(2, 6), resumed)  # resumes at step 3
-  a = trainer.restore_meta(straight, "latest")[0]
-  b = trainer.restore_meta(resumed, "latest")[0]
-  assert a["step"] == b["step"] == 6
-  assert a["data_positions"] == b["data_positions"]
-  pa = jax.device_get(trainer.restore_run(straight, "latest")[1])
-  pb = jax.device_get(trainer.restore_run(resumed, "latest")[1])
-  for x, y in zip(jax.tree_util.tree_leaves(pa),
-                  jax.tree_util.tree_leaves(pb)):
-    np.testing.assert_array_equal(x, y)
 
 
 def _toy_stream(bad=(), k=1):

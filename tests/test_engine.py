@@ -31,15 +31,23 @@ def _env():
 
 @pytest.mark.parametrize("variant", ["", "noisy"])
 def test_exact_resume_gives_identical_parameters(tmp_path, variant):
-  """N steps straight == N/2 steps, restart from checkpoint, N/2 more."""
+  """N steps straight == N/2 steps, restart from checkpoint, N/2 more.
+
+  The noisy variant resumes with data.workers=2 (featurisation in worker
+  processes) against a straight run featurising in the main process.
+  """
   cfg = toy_config.get_config(variant)
   straight = str(tmp_path / "straight")
   trainer.train(cfg, straight)
   resumed = str(tmp_path / "resumed")
   half = toy_config.get_config(variant)
   half.train.num_steps = 10
+  workers = 2 if variant == "noisy" else 0
+  half.data.workers = workers
   trainer.train(half, resumed)
-  trainer.train(cfg, resumed)  # resumes at step 10
+  rest = toy_config.get_config(variant)
+  rest.data.workers = workers
+  trainer.train(rest, resumed)  # resumes at step 10
   a, meta_a, step_a = _params(straight)
   b, meta_b, step_b = _params(resumed)
   assert step_a == step_b == 20
