@@ -74,29 +74,30 @@ def test_rows_outside_the_node_range_are_dropped_like_segment_sum():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_training_step_equals_the_xla_path(monkeypatch):
+def test_fused_training_step_equals_the_xla_path():
   """With remat (the configs' setting): the saved logits and messages feed
   the gradient kernels directly. Without remat the kernels are the same."""
   batch = _batches(dict(minimum_image=False, max_neighbors=5), True)
-  model = hk.transform_with_state(
-      lambda g, t: GATGNN(dim=16, num_layers=2, heads=4, remat=True)(g, t))
-  params, state = model.init(jax.random.PRNGKey(0), batch, True)
+  model = lambda fused: hk.transform_with_state(
+      lambda g, t: GATGNN(dim=16, num_layers=2, heads=4, remat=True,
+                          use_kernels=fused)(g, t))
+  params, state = model(True).init(jax.random.PRNGKey(0), batch, True)
   params = jax.tree_util.tree_map(
       lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(1), p.shape),
       params)
 
   def run(fused):
-    monkeypatch.setattr(gatgnn, "_FUSED", fused)
-
     def loss(p):
-      out, new_state = model.apply(p, state, None, batch, True)
+      out, new_state = model(fused).apply(p, state, None, batch, True)
       return jnp.sum(out["graph"] ** 2), (out, new_state)
     return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
 
   (l0, (o0, s0)), g0 = run(False)
   (l1, (o1, s1)), g1 = run(True)
-  jaxpr = jax.make_jaxpr(lambda p: model.apply(p, state, None, batch, True))
-  assert "AgatAttentionDots" in str(jaxpr(params))   # the kernels ran
+  program = lambda fused: str(jax.make_jaxpr(lambda p: model(fused).apply(
+      p, state, None, batch, True))(params))
+  assert "AgatAttentionDots" in program(True)        # the kernels ran
+  assert "Agat" not in program(False)                # use_kernels=False
   np.testing.assert_allclose(l1, l0, rtol=1e-5)
   np.testing.assert_allclose(o1["node_embedding"], o0["node_embedding"],
                              rtol=1e-4, atol=1e-5)

@@ -119,17 +119,33 @@ class AGATLayer(hk.Module):
     x_i' = mean_h Σ_j α_ij,h u_j,h + bias
   [x ‖ e] W = x W_x + e W_e, so x W_x is computed once per node and e W_e
   once per edge (shared by both endpoints) instead of twice per edge.
-  Training steps on XLA:CPU evaluate the paired edge block with the fused
-  kernels of ``agat_cpu`` (the same maths; ``tests/test_agat_cpu.py``).
+
+  The edge block (u, the attention dots and the weighted messages) has two
+  implementations of the same maths (``tests/test_agat_cpu.py``):
+  ``_xla_edges`` and ``_fused_edges``, the ``agat_cpu`` kernels, which never
+  store an [E, H·D] array. ``use_kernels`` (like jax-md's) lets training
+  steps run the fused one where it applies: a batch in the paired layout,
+  float32, softplus, XLA:CPU with the kernels built (``agat_cpu.available``;
+  ``NN_AGAT_KERNEL=0`` turns them off for a whole machine). Inference keeps
+  the XLA block, which evaluates u once where the kernels rebuild it in
+  each of their two forward walks.
   """
 
   def __init__(self, dim: int, heads: int = 4, activation: str = "softplus",
-               dropout_rate: float = 0.0, name: Optional[str] = None):
+               dropout_rate: float = 0.0, use_kernels: bool = True,
+               name: Optional[str] = None):
     super().__init__(name=name)
     self.dim = dim
     self.heads = heads
     self.act = nn_lib.get_activation(activation)
     self.dropout_rate = dropout_rate
+    self.use_kernels = use_kernels
+
+  def fused(self, paired: bool, is_training: bool, dtype) -> bool:
+    """Whether this call runs the edge block as the ``agat_cpu`` kernels."""
+    return (self.use_kernels and paired and is_training and
+            dtype == jnp.float32 and self.act is nn_lib.softplus and
+            agat_cpu.available())
 
   def __call__(self, x, e, senders, receivers, edge_mask, is_training,
                self_rows=None):
@@ -144,72 +160,72 @@ class AGATLayer(hk.Module):
     (the same layer at half the work, forward and backward).
     """
     n, d = x.shape
-    hd = self.heads * self.dim
-    w = hk.get_parameter("w", (2 * d, hd), x.dtype, _GLOROT)
+    w = hk.get_parameter("w", (2 * d, self.heads * self.dim), x.dtype,
+                         _GLOROT)
     att = hk.get_parameter("att", (self.heads, 2 * self.dim), x.dtype,
                            _GLOROT)
     bias = hk.get_parameter("bias", (self.dim,), x.dtype, jnp.zeros)
-    att_i, att_j = att[:, :self.dim], att[:, self.dim:]
-    paired = self_rows is not None
-    # Training steps on XLA:CPU run the paired edge block as the agat_cpu
-    # kernels, which never store an [E, H·D] array (training 1.35x).
-    fused = (paired and is_training and x.dtype == jnp.float32 and
-             self.fused)
+    att = jnp.stack([att[:, :self.dim], att[:, self.dim:]])    # [2, H, D]
     xw = x @ w[:d]                                             # [N, H·D]
     ew = e @ w[d:]                                  # [E, H·D] or [E/2, H·D]
-    if fused:
-      both, link = agat_cpu.attention_dots(xw, ew, receivers, senders,
-                                           jnp.stack([att_i, att_j]))
-      both = checkpoint_name(both, "agat_both")                # [E, 2H]
-    elif paired:
+
+    head_norm = nn_lib.MaskedBatchNorm(name="head_norm")
+
+    def attention(logits):
+      """Raw logits [E, H] -> the dropped-out α used for the messages and
+      the α the layer returns (its softmax over the edges entering i)."""
+      logits = self.act(head_norm(self.act(logits), edge_mask, is_training))
+      alpha = pooling.segment_softmax(logits, receivers, n, edge_mask)
+      return stack.dropout(alpha, self.dropout_rate, is_training), alpha
+
+    edges = (_fused_edges if self.fused(self_rows is not None, is_training,
+                                        x.dtype) else self._xla_edges)
+    out, alpha = edges(xw, ew, att, senders, receivers, self_rows, n,
+                       attention)
+    return out / self.heads + bias, alpha
+
+  @hk.transparent
+  def _xla_edges(self, xw, ew, att, senders, receivers, self_rows, n,
+                 attention):
+    """The edge block in XLA: summed messages [N, D] (before the mean over
+    heads) and α [E, H]."""
+    heads, hd = self.heads, self.heads * self.dim
+    if self_rows is not None:
       # Both edges of pair t (rows t and t + E/2) share e W_e: a broadcast
       # over the two halves, not a concatenation (slower on XLA:CPU).
       pre = (xw[receivers].reshape((2,) + ew.shape) + ew).reshape(-1, hd)
-      u_i = self.act(pre)                                      # [E, H·D]
-      both = head_dot(u_i, jnp.stack([att_i, att_j]))          # [E, 2H]
-    else:
-      u_i = self.act(xw[receivers] + ew)
-      u_j = self.act(xw[senders] + ew)
-    if paired:
-      logits = both[:, :self.heads] + _reverse_rows(both[:, self.heads:],
-                                                    self_rows)
-    else:
-      logits = head_dot(u_i, att_i[None]) + head_dot(u_j, att_j[None])
-    logits = self.act(logits)                                  # [E, H]
-    logits = self.act(nn_lib.MaskedBatchNorm(name="head_norm")(
-        logits, edge_mask, is_training))
-    alpha = pooling.segment_softmax(logits, receivers, n, edge_mask)
-    alpha_used = stack.dropout(alpha, self.dropout_rate, is_training)
-    if paired:
+      u = self.act(pre)                                   # u_i [E, H·D]
+      both = head_dot(u, att)                                  # [E, 2H]
+      used, alpha = attention(both[:, :heads] + _reverse_rows(
+          both[:, heads:], self_rows))
       # Row t is u_j of edge t's reverse r, whose receiver is senders[t]:
       # Σ_{r -> i} α_r u_j(r) = Σ_{t: senders[t] = i} α_reverse(t) u_i(t).
-      weight, seg = _reverse_rows(alpha_used, self_rows), senders
-      u = None if fused else u_i
+      weight, seg = _reverse_rows(used, self_rows), senders
     else:
-      u, weight, seg = u_j, alpha_used, receivers
-    if fused:
-      out = agat_cpu.messages(xw, ew, receivers, seg, weight, link)
-      out = checkpoint_name(out, "agat_messages")              # [N, D]
-    else:
-      # Mean over heads before the scatter-add (the same sum, reordered):
-      # the scatter moves [E, D] instead of [E, H, D] (inference 1.4x,
-      # training 1.05-1.1x at 20 layers on XLA:CPU).
-      msg = head_weighted_sum(u.reshape(-1, self.heads, self.dim), weight)
-      out = jax.ops.segment_sum(msg, seg, n)
-    return out / self.heads + bias, alpha
-
-  @property
-  def fused(self) -> bool:
-    """Whether training steps run the paired edge block as the ``agat_cpu``
-    kernels: softplus on XLA:CPU with the kernels built (``_FUSED``
-    overrides). Inference keeps the XLA path, which evaluates u once where
-    the kernels rebuild it in each of their two forward walks (0.87x)."""
-    if _FUSED is not None:
-      return _FUSED
-    return self.act is nn_lib.softplus and agat_cpu.available()
+      u_i = self.act(xw[receivers] + ew)
+      u = self.act(xw[senders] + ew)                      # u_j [E, H·D]
+      used, alpha = attention(head_dot(u_i, att[:1]) + head_dot(u, att[1:]))
+      weight, seg = used, receivers
+    # Mean over heads before the scatter-add (the same sum, reordered):
+    # the scatter moves [E, D] instead of [E, H, D].
+    msg = head_weighted_sum(u.reshape(-1, heads, self.dim), weight)
+    return jax.ops.segment_sum(msg, seg, n), alpha
 
 
-_FUSED = None  # tests and benchmarks: force the kernels on/off
+def _fused_edges(xw, ew, att, senders, receivers, self_rows, n, attention):
+  """The paired edge block as the ``agat_cpu`` kernels (the same maths as
+  ``AGATLayer._xla_edges``): summed messages [N, D] and α [E, H]."""
+  del n
+  heads = att.shape[1]
+  both, link = agat_cpu.attention_dots(xw, ew, receivers, senders, att)
+  both = checkpoint_name(both, "agat_both")                    # [E, 2H]
+  used, alpha = attention(both[:, :heads] + _reverse_rows(both[:, heads:],
+                                                          self_rows))
+  out = agat_cpu.messages(xw, ew, receivers, senders,
+                          _reverse_rows(used, self_rows), link)
+  return checkpoint_name(out, "agat_messages"), alpha          # [N, D]
+
+
 # With remat, the fused layer keeps its [E, 2H] logits and [N, D] messages
 # (20 layers, 10,000 edges, 1,000 nodes: 11 MB) so the backward goes straight to
 # the gradient kernels instead of running the forward walks again (training
@@ -229,15 +245,19 @@ class GATGNN(skeleton.CrystalModel):
   remat_saved = _REMAT_SAVED
   aux_name = "attention"
 
-  def __init__(self, num_targets: int = 1, *, heads: int = 4,
-               global_fc_layers: int = 2, output_attention: bool = False,
-               deeper: bool = True, **kwargs):
-    kwargs = {**{k: v for k, v in presets(deeper).items()
-                 if k not in ("heads", "global_fc_layers", "deeper")},
-              **kwargs}
+  def __init__(self, num_targets: int = 1, *, deeper: bool = True,
+               output_attention: bool = False, **kwargs):
+    """``presets(deeper)`` overridden by ``kwargs``; besides the skeleton's
+    arguments: ``heads``, ``global_fc_layers`` (the attention pooling's
+    layers) and ``use_kernels`` (``AGATLayer``)."""
+    kwargs = {**presets(deeper), **kwargs}
+    del kwargs["deeper"]
+    own = {k: kwargs.pop(k) for k in ("heads", "global_fc_layers",
+                                      "use_kernels")}
     super().__init__(num_targets, deeper=deeper, **kwargs)
-    self.heads = heads
-    self.global_fc_layers = global_fc_layers
+    self.heads = own["heads"]
+    self.global_fc_layers = own["global_fc_layers"]
+    self.use_kernels = own["use_kernels"]
     self.output_attention = output_attention
 
   @hk.transparent
@@ -261,7 +281,7 @@ class GATGNN(skeleton.CrystalModel):
   def conv(self, h, g, ctx, is_training, first=False):
     e, self_rows = ctx
     h, alpha = AGATLayer(self.dim, self.heads, self.activation,
-                         self.dropout_rate, name="agat")(
+                         self.dropout_rate, self.use_kernels, name="agat")(
                              h, e, g.senders, g.receivers, g.edge_mask,
                              is_training, self_rows)
     return h, (alpha if self.output_attention else None)
@@ -289,7 +309,9 @@ def presets(deeper: bool = True) -> dict:
               # Rematerialising each AGAT layer keeps [N, D] per layer
               # instead of several [E, 4·D] edge arrays: half the memory
               # and faster on CPU (benchmarks/crystal_bench.py).
-              remat=True)
+              remat=True,
+              # The fused CPU edge block where it applies (AGATLayer).
+              use_kernels=True)
 
 
 LEARNING_RATE = 0.005
