@@ -37,7 +37,10 @@ setup(
     name="noisy-nodes",
     version="0.1.0",
     description=__doc__,
-    packages=find_packages(include=["noisy_nodes*", "crystal*", "launch*"]),
+    # configs/ too: ``--config=configs/NAME.py`` also runs outside the
+    # repository (noisy_nodes/train.py) and configs import each other.
+    packages=find_packages(include=["noisy_nodes*", "crystal*", "launch*",
+                                    "configs"]),
     # The fused AGAT kernels' source, compiled on first use (agat_cpu.py).
     package_data={"crystal.models": ["agat_cpu.cc"]},
     python_requires=">=3.10",

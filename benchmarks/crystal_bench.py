@@ -69,12 +69,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(depth: int, cache_dir: str, remat: bool = True):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "deeper_gatgnn_config", os.path.join(ROOT, "configs", "deeper_gatgnn.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("")
+  sys.path.insert(0, ROOT)
+  import configs  # pylint: disable=g-import-not-at-top
+  c = configs.load("deeper_gatgnn")
   c.model.num_layers = depth
   c.model.remat = remat
   c.data.cache_dir = cache_dir

@@ -38,15 +38,11 @@ COMPOSITION = 108  # the reference's composition vector length
 
 def featurised(n: int, seed: int):
   """[(x [n, F], edge_index [2, E], edge_attr [E, 50], comp [C], y)]."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, ROOT)
   from crystal import generators, tasks  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "dg_config", os.path.join(ROOT, "configs", "deeper_gatgnn.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("")
+  import configs  # pylint: disable=g-import-not-at-top
+  config = configs.load("deeper_gatgnn")
   config.data.graph.pair_edges = False
   structures = generators.pt10_clusters(n, seed)
   task = tasks.CrystalPropertyTask(config)

@@ -36,14 +36,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_config(spec: str, overrides):
-  import importlib.util  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, ROOT)
+  import configs  # pylint: disable=g-import-not-at-top
   path, _, variant = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location(
-      "bench_config", os.path.join(ROOT, path) if not os.path.isabs(path)
-      else path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(variant)
+  config = configs.load(os.path.join(ROOT, path) if not os.path.isabs(path)
+                        else path, variant)
   for item in overrides:
     key, _, value = item.partition("=")
     *parents, leaf = key.split(".")

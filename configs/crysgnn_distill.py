@@ -49,21 +49,16 @@ Variants:
              teacher (``init_from_teacher``), δ = 1 (property loss only).
   "demo"     ~300 surfaces, a few minutes on 2 CPU cores; "tiny" (tests).
 """
-import importlib.util
 import os
 
 import ml_collections
 
-
-def _pretrain():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "crysgnn_pretrain.py")
-  spec = importlib.util.spec_from_file_location("crysgnn_pretrain", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from configs import crysgnn_pretrain
+from configs import parse_variant
+from crystal.crysgnn import encoder
 
 
+VARIANTS = ("mp2018", "jarvis", "library", "demo", "finetune", "tiny")
 EPOCHS, DECAY_EPOCH = 1000, 100
 # CGCNN inputs (the teacher's featurisation, configs/crysgnn_pretrain.py).
 TEACHER_GRAPH = dict(node_features="cgcnn92", degree=False, self_loops=False,
@@ -76,7 +71,7 @@ TEACHER_GRAPH = dict(node_features="cgcnn92", degree=False, self_loops=False,
 def set_epochs(c, train_size: int, epochs: int = EPOCHS,
                decay_epoch: int = DECAY_EPOCH) -> None:
   """Reference epochs -> steps for ``train_size`` training structures."""
-  to_steps = _pretrain().epochs_to_steps
+  to_steps = crysgnn_pretrain.epochs_to_steps
   batch = int(c.batch.max_graphs)
   steps = to_steps(epochs, train_size, batch)
   c.train.num_steps = steps
@@ -87,6 +82,7 @@ def set_epochs(c, train_size: int, epochs: int = EPOCHS,
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  tokens = parse_variant(variant, VARIANTS, config="crysgnn_distill")
   c = ml_collections.ConfigDict()
   c.task = "crystal.crysgnn.tasks:CrysGNNDistillTask"
   c.teacher = dict(workdir="", checkpoint="best",
@@ -106,8 +102,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       graph_cache=True,
       workers=0,  # training featurisation processes (0: a thread)
   )
-  c.model = dict(name="original_cgcnn", dim=64, num_layers=3,
-                 input_bias=True, head=True, hidden=128, num_hidden=1)
+  # The reference student (the preset next to it, crystal.crysgnn.encoder).
+  c.model = dict(name="original_cgcnn", **encoder.presets("student"))
   c.batch = dict(max_nodes=0, max_edges=0, max_graphs=128, shuffle=True,
                  prefetch=2, skip_oversized=False, edge_margin=1.0)
   c.optim = dict(optimizer="adam", lr=3e-3, b1=0.9, b2=0.999,
@@ -118,6 +114,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                  checkpoint_every=100, seed=0, max_to_keep=3,
                  skip_nonfinite=False, loss="mse", write_outputs=True)
   set_epochs(c, int(0.8 * c.data.num_structures))
+  for variant in tokens:
+    _apply(c, variant)
+  return c
+
+
+def _apply(c, variant):
+  """One variant token (module docstring)."""
   if variant == "mp2018":
     c.data.format = "cgcnn"
     c.data.num_structures = 69239
@@ -157,8 +160,3 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.optim.decay_steps = (3,)
     c.train.update(num_steps=4, log_every=2, eval_every=2,
                    checkpoint_every=2)
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r}: '', 'mp2018', 'jarvis', "
-                     "'library', 'demo', 'tiny' or 'finetune'")
-  return c
-

@@ -47,6 +47,9 @@ import os
 
 import ml_collections
 
+from configs import parse_variant
+from crystal.crysgnn import encoder
+
 BATCH = 128
 
 
@@ -55,13 +58,9 @@ def epochs_to_steps(epochs: int, train_size: int, batch: int = BATCH) -> int:
   return int(epochs * math.ceil(train_size / batch))
 
 
-def reference_model(num_layers: int = 5, **overrides) -> dict:
-  """The reference encoder (teacher of configs/crysgnn_distill.py)."""
-  return dict(dict(name="original_cgcnn", dim=64, num_layers=num_layers,
-                   input_bias=False, head=False), **overrides)
-
-
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  tokens = parse_variant(variant, ("library", "demo", "tiny"),
+                         config="crysgnn_pretrain")
   c = ml_collections.ConfigDict()
   c.task = "crystal.crysgnn.tasks:CrysGNNPretrainTask"
   c.data = dict(
@@ -82,7 +81,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       graph=dict(cutoff=8.0, max_neighbors=12, num_gaussians=41,
                  gaussian_stop=8.0, gaussian_width=0.2),
   )
-  c.model = reference_model()
+  # The reference encoder (the preset next to it, crystal.crysgnn.encoder),
+  # teacher of configs/crysgnn_distill.py.
+  c.model = dict(name="original_cgcnn", **encoder.presets("teacher"))
   c.loss = dict(weights=dict(feature=0.25, connectivity=0.25,
                              space_group=0.25, contrastive=0.25),
                 temperature=0.07)
@@ -97,6 +98,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                  num_steps=steps, log_every=100, eval_every=steps // 20,
                  checkpoint_every=steps // 20, seed=0, max_to_keep=3,
                  skip_nonfinite=False)
+  for variant in tokens:
+    _apply(c, variant)
+  return c
+
+
+def _apply(c, variant):
+  """One variant token (module docstring)."""
   if variant == "library":
     c.model = dict(name="cgcnn", dim=64, num_layers=5, post_fc_layers=0,
                    activation="softplus", aggregation="sum", gate_norm=True,
@@ -121,7 +129,3 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.optim.lr = 1e-3
     c.train.update(num_steps=6, log_every=3, eval_every=3,
                    checkpoint_every=3)
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r}: '', 'library', 'demo' or "
-                     "'tiny'")
-  return c

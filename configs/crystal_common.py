@@ -2,7 +2,7 @@
 
 ``crystal_config(model, variant)`` returns the reference setting
 (usccolumbia/deeperGATGNN, MatDeepLearn config.yml) for one model, changed by
-the variant tokens after ``:`` (joined by ``,`` ``+`` or ``_``):
+the variant tokens after ``:`` (comma-separated, ``configs.parse_variant``):
 
   (none)   the reference exactly: the model preset next to each model
            (``crystal.models.presets``), AdamW (lr per model: GATGNN 0.005,
@@ -35,7 +35,8 @@ the variant tokens after ``:`` (joined by ``,`` ``+`` or ``_``):
            layers, 6 steps.
 
 Switches that keep the maths of the reference (speed and memory only):
-``model.remat`` and ``data.graph.pair_edges`` (GATGNN).
+``model.remat``, ``data.graph.pair_edges`` and ``model.use_kernels`` (GATGNN:
+the fused CPU edge block where it applies, ``AGATLayer``).
 Other named options (off in the reference): ``optim.plateau.monitor='val'``
 (watch the validation MAE), ``data.cv_val_fraction > 0`` (a validation slice
 of the training folds under CV, best checkpoint kept),
@@ -58,10 +59,9 @@ mean predictor's; ``--config.train.write_outputs=False`` skips them.
 reference's Repeat mode): ``--config.train.repeats=N`` (``noisy_nodes.train``
 runs one per sub-directory and prints mean ± std of MAE, MSE and R^2).
 """
-import re
-
 import ml_collections
 
+from configs import parse_variant
 from crystal import models as models_lib
 
 VARIANTS = ("deeper", "improved", "demo", "tiny")
@@ -77,24 +77,10 @@ def reference_graph():
               composition=True)
 
 
-def model_settings(model: str, deeper: bool):
-  """Reference architecture of ``model``: the preset next to the model
-  (``crystal.models.presets``; one definition)."""
-  return models_lib.presets(model, deeper)
-
-
-def parse_variant(variant: str):
-  tokens = [t for t in re.split(r"[,+_\s]+", variant or "") if t]
-  for t in tokens:
-    if t not in VARIANTS:
-      raise ValueError(f"unknown config variant {t!r}; use any of {VARIANTS}")
-  return set(tokens)
-
-
 def crystal_config(model: str, variant: str = "",
                    deeper: bool = False) -> ml_collections.ConfigDict:
   """The config of ``model`` ('gatgnn', 'cgcnn', ...) for ``variant``."""
-  tokens = parse_variant(variant)
+  tokens = parse_variant(variant, VARIANTS, config=model)
   deeper = deeper or "deeper" in tokens
   c = ml_collections.ConfigDict()
   c.task = "crystal.tasks:CrystalPropertyTask"
@@ -111,8 +97,9 @@ def crystal_config(model: str, variant: str = "",
     # Edges in reverse pairs (crystal.features.FeaturizerConfig.pair_edges):
     # the same GATGNN at half the edge work.
     c.data.graph.pair_edges = True
+  # The preset next to the model (crystal.models.presets; one definition).
   c.model = dict(name=model, output_init="default",
-                 **model_settings(model, deeper))
+                 **models_lib.presets(model, deeper))
   c.batch = dict(max_nodes=0, max_edges=0, max_graphs=100, shuffle=True,
                  prefetch=2, skip_oversized=False, edge_margin=1.0)
   c.optim = dict(optimizer="adamw", lr=models_lib.learning_rate(model), b1=0.9,

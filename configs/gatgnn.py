@@ -7,18 +7,8 @@ BatchNorm and no skips (5 layers by default; the depth scan varies it).
 Variants (``:demo``, ``:tiny``, ``:improved``), every setting and every
 deviation from the reference (each a named option): configs/crystal_common.py.
 """
-import importlib.util
-import os
-
-
-def _common():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "crystal_common.py")
-  spec = importlib.util.spec_from_file_location("crystal_common", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from configs import crystal_common
 
 
 def get_config(variant=""):
-  return _common().crystal_config("gatgnn", variant)
+  return crystal_common.crystal_config("gatgnn", variant)

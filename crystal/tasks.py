@@ -55,6 +55,8 @@ from noisy_nodes.data.sources import (ListSource, Mapped, Source, Subset,
                                       validated)
 from noisy_nodes.data.structures import (DataError, Structure, load_structures,
                                     save_structures)
+from noisy_nodes import models as models_lib
+from noisy_nodes.models import plain
 from noisy_nodes.tasks.base import Task
 
 from crystal import datasets
@@ -144,7 +146,7 @@ def featurizer_config(graph_cfg) -> features_lib.FeaturizerConfig:
   ``max_neighbors = 0`` means no limit (ConfigDict fields cannot hold None
   and still be overridden from the command line).
   """
-  items = _plain(graph_cfg)
+  items = plain(graph_cfg)
   if not items:
     return features_lib.reference_config()
   if items.get("max_neighbors", None) == 0:
@@ -323,9 +325,8 @@ class CrystalPropertyTask(Task):
 
   # -- model and loss ------------------------------------------------------------------
   def model(self, graph: jraph.GraphsTuple, is_training: bool):
-    from crystal import models  # pylint: disable=g-import-not-at-top
-    kwargs = _plain(self.config.model)
-    name = kwargs.pop("name")
+    from crystal import models  # noqa: F401  (registers the crystal models)  # pylint: disable=g-import-not-at-top
+    kwargs = plain(self.config.model)
     if self.num_targets is None:
       raise RuntimeError("the number of targets is unknown: call "
                          "load_splits() or load_state_dict() first")
@@ -339,8 +340,8 @@ class CrystalPropertyTask(Task):
       kwargs["output_zero_weights"] = True
       if self.output_bias is not None:
         kwargs["output_bias"] = tuple(float(b) for b in self.output_bias)
-    return models.build_model(name, num_targets=self.num_targets,
-                              **kwargs)(graph, is_training)
+    return models_lib.build_model(kwargs, num_targets=self.num_targets)(
+        graph, is_training)
 
   def _norm(self):
     return (jnp.asarray(self.target_mean, jnp.float32),
@@ -433,10 +434,3 @@ class _SelectTarget:
     s.targets[TARGET] = t[self.index:self.index + 1]
     return s
 
-
-def _plain(cfg) -> Dict[str, Any]:
-  """ConfigDict / mapping -> plain dict (tuples for lists)."""
-  if cfg is None:
-    return {}
-  items = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in items.items()}

@@ -14,7 +14,6 @@ data, so its prediction comes with an ``UnseenElementWarning``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import warnings
@@ -29,11 +28,8 @@ import noisy_nodes  # noqa: E402  pylint: disable=g-import-not-at-top
 
 def get_config(spec: str):
   """``path/to/config.py[:variant]`` -> ConfigDict (as ``noisy_nodes.train``)."""
-  path, _, variant = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("example_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant)
+  import configs  # pylint: disable=g-import-not-at-top
+  return configs.load(spec)
 
 
 def main(argv=None):

@@ -40,7 +40,7 @@ OUT/results.png.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import logging
 import os
@@ -58,6 +58,7 @@ from crystal.crysgnn.tasks import CrysGNNDistillTask
 from crystal.tasks import CrystalPropertyTask
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)  # configs/
 MODES = ("vanilla", "distilled", "finetuned")
 STUDENTS = ("cgcnn", "deeper")
 
@@ -79,11 +80,7 @@ class SizedDistillTask(CrysGNNDistillTask):
 
 
 def _config(name):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(_ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return importlib.import_module(f"configs.{name}")
 
 
 def student_config(student: str, mode: str, size: int, seed: int,

@@ -42,11 +42,11 @@ tiny setting checks it end to end in about a minute:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import math
 import os
+import sys
 import time
 from typing import Dict, List, Sequence
 
@@ -55,16 +55,14 @@ import numpy as np
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # configs/
+import configs  # noqa: E402  pylint: disable=g-import-not-at-top
 MODELS = (("GATGNN", "gatgnn"), ("DeeperGATGNN", "deeper_gatgnn"))
 TARGETS = ("raw", "normalized")
 
 
 def load_config(name: str, variant: str = ""):
-  spec = importlib.util.spec_from_file_location(
-      f"cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return configs.load(name, variant)
 
 
 def run_config(name: str, layers: int, seed: int, target: str, args):

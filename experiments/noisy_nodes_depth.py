@@ -37,11 +37,10 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 import noisy_nodes  # noqa: E402,F401
 from noisy_nodes.engine import trainer  # noqa: E402
-import oc20 as oc20_config  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import oc20 as oc20_config  # noqa: E402  pylint: disable=g-import-not-at-top
 
 VARIANTS = {"is2rs": (("no noise", "demo,is2rs,no_noise"),
                       ("Noisy Nodes", "demo,is2rs")),

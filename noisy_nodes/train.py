@@ -6,6 +6,12 @@ r"""Train any model of the library: ``python -m noisy_nodes.train``.
   (or --config.train.repeats=N: N training seeds, mean ± std of the test
   metrics, as the reference's Repeat mode)
 
+``--config`` names a file of ``configs/`` (an importable package: its files
+import ``configs.crystal_common`` and ``configs.parse_variant``; run from
+the repository root, or anywhere once the package is installed:
+``configs/NAME.py`` then resolves to the installed file), with the variant
+after ``:`` (comma-separated tokens, one syntax for every config).
+
 Resumes from the latest checkpoint in ``--workdir`` if there is one. Once a
 run (each CV fold) finishes normally, the task's ``write_outputs`` hook leaves
 its end-of-run files in the workdir (crystal tasks: per-sample predictions
@@ -183,6 +189,39 @@ def split_batch_over_cpu_devices(config, count: int) -> None:
         batch[key] = value // count
 
 
+def installed_config_paths(argv):
+  """``--config=configs/NAME.py[:variant]`` where no such file is under the
+  working directory (run outside the repository): the file of the installed
+  ``configs`` package instead. Other arguments are returned unchanged."""
+  out, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      out += [arg, _installed_config(argv[i + 1])]
+      i += 2
+      continue
+    for prefix in ("--config=", "-config="):
+      if arg.startswith(prefix):
+        arg = prefix + _installed_config(arg[len(prefix):])
+    out.append(arg)
+    i += 1
+  return out
+
+
+def _installed_config(value: str) -> str:
+  path, sep, variant = value.partition(":")
+  norm = os.path.normpath(path)
+  if os.path.exists(path) or not norm.startswith("configs" + os.sep):
+    return value
+  try:
+    import configs  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return value
+  installed = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)),
+                           norm[len("configs" + os.sep):])
+  return installed + sep + variant if os.path.exists(installed) else value
+
+
 def main(argv):
   if len(argv) > 1:
     raise errors.ConfigError("command line", f"unexpected arguments "
@@ -223,4 +262,6 @@ def main(argv):
 
 if __name__ == "__main__":
   _AS_SCRIPT = True
-  errors.run_cli(lambda: app.run(main, flags_parser=errors.parse_flags))
+  errors.run_cli(lambda: app.run(
+      main, flags_parser=lambda argv: errors.parse_flags(
+          installed_config_paths(argv))))

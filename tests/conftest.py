@@ -6,3 +6,5 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests run many small subprocesses; keep BLAS from oversubscribing 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The repository root: ``configs`` (a package) under any pytest invocation.
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -9,9 +9,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import oc20 as oc20_config  # noqa: E402  pylint: disable=g-import-not-at-top
-import qm9 as qm9_config  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import oc20 as oc20_config  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import qm9 as qm9_config  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from noisy_nodes.engine import trainer  # noqa: E402
 

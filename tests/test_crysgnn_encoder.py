@@ -9,9 +9,9 @@ from ase.build import bulk
 import noisy_nodes  # noqa: F401
 from noisy_nodes.data import batching
 from noisy_nodes.data.structures import Structure
+from noisy_nodes.models import build_model
 from crystal import features as features_lib
 from crystal.crysgnn import encoder
-from crystal.crysgnn import tasks
 
 
 def _batch():
@@ -38,7 +38,7 @@ def test_parameter_count_matches_reference_layer_shapes(layers, bias, head):
   Linear(64, 128) and fc_out Linear(128, 1)."""
   batch = _batch()
   model = hk.transform_with_state(
-      lambda g, is_training: tasks.build_encoder(dict(
+      lambda g, is_training: build_model(dict(
           name="original_cgcnn", dim=64, num_layers=layers, input_bias=bias,
           head=head))(g, is_training))
   params, state = jax.eval_shape(

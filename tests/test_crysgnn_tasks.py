@@ -7,7 +7,6 @@ ALIGNN id_prop.csv + POSCAR, fractions) load through the shared data layer."""
 import ast
 import glob
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -30,16 +29,8 @@ from crystal.crysgnn import tasks
 
 
 
-def _config_module(name):
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", name + ".py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-crysgnn_distill = _config_module("crysgnn_distill")
-crysgnn_pretrain = _config_module("crysgnn_pretrain")
+from configs import crysgnn_distill
+from configs import crysgnn_pretrain
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 
 import noisy_nodes  # noqa: F401
 from crystal import models
+from noisy_nodes.models import build_model
 from crystal.models import cgcnn, pooling, schnet, stack
 
 F_NODE, F_EDGE = 10, 6
@@ -72,7 +73,7 @@ def test_baseline_trains_and_is_permutation_invariant(name, deeper):
   kwargs = dict(models.presets(name), dim=8, num_layers=2, post_fc_layers=1,
                 deeper=deeper)
   f = hk.transform_with_state(
-      lambda g, t: models.build_model(name, **kwargs)(g, t))
+      lambda g, t: build_model(dict(name=name, **kwargs))(g, t))
   params, state = jax.jit(f.init, static_argnums=2)(jax.random.PRNGKey(0),
                                                     batch, True)
   assert any("assign" in k for k in params) == deeper   # DGN only if deeper
@@ -178,7 +179,9 @@ def test_residual_stack_adds_previous_output_and_scans():
 
 
 def test_unknown_names_raise():
+  with pytest.raises(ValueError, match="unknown model 'alignn'"):
+    build_model(dict(name="alignn"))
   with pytest.raises(ValueError, match="unknown crystal model"):
-    models.build_model("alignn")
+    models.presets("alignn")
   with pytest.raises(ValueError, match="unknown norm"):
     stack.norm_kind(True, "layer")

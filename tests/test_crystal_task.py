@@ -3,7 +3,6 @@
 CLI on a MatDeepLearn folder and the outputs it leaves, k-fold CV (outputs
 per fold) and the predict CLI."""
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401
+import configs
 from noisy_nodes.data import batching
 from noisy_nodes.engine import optim, parallel
 from noisy_nodes.data.structures import DataError, Structure
@@ -25,11 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(name, variant="tiny", cache_dir=None, **data):
-  path = os.path.join(ROOT, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(variant)
+  c = configs.load(name, variant)
   if cache_dir is not None:
     c.data.cache_dir = str(cache_dir)
   c.data.update(data)

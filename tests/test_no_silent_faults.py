@@ -149,8 +149,7 @@ def test_partially_occupied_site_is_an_error(tmp_path):
 
 
 def _crystal_config(path, skip):
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  import deeper_gatgnn  # pylint: disable=g-import-not-at-top
+  from configs import deeper_gatgnn  # pylint: disable=g-import-not-at-top
   c = deeper_gatgnn.get_config("tiny")
   with c.unlocked():
     c.data.path = path
@@ -184,12 +183,12 @@ def test_crystal_skips_reach_the_report_and_name_the_file(tmp_path):
 
 def test_every_config_has_skip_invalid():
   """Case 14: the README documents data.skip_invalid for every config."""
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  import importlib  # pylint: disable=g-import-not-at-top
+  import configs  # pylint: disable=g-import-not-at-top
   names = [f[:-3] for f in os.listdir(os.path.join(REPO, "configs"))
-           if f.endswith(".py") and f != "crystal_common.py"]
+           if f.endswith(".py") and f not in ("crystal_common.py",
+                                               "__init__.py")]
   for name in names:
-    c = importlib.import_module(name).get_config()
+    c = configs.load(name)
     assert c.data.skip_invalid is False, name
 
 
@@ -208,8 +207,7 @@ def test_oc20_validation_without_energies_is_an_error(tmp_path):
   set of validation metrics (and best checkpoints)."""
   import ase.build  # pylint: disable=g-import-not-at-top
   import ase.db  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  import oc20  # pylint: disable=g-import-not-at-top
+  from configs import oc20  # pylint: disable=g-import-not-at-top
   from noisy_nodes.gns.oc20 import task as oc20_task  # pylint: disable=g-import-not-at-top
   for split, labelled in (("train", True), ("val", False)):
     with ase.db.connect(str(tmp_path / f"{split}.db")) as db:
@@ -233,8 +231,7 @@ def test_qm9_metric_sigma_comes_from_training():
   """Case 9: a small validation split whose targets are all equal (sigma 0
   there) still gets finite std. MAE / logMAE: sigma_m is the training
   split's (noisy_nodes/gns/qm9/task.py)."""
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  import qm9  # pylint: disable=g-import-not-at-top
+  from configs import qm9  # pylint: disable=g-import-not-at-top
   from noisy_nodes.gns.qm9.task import QM9Task  # pylint: disable=g-import-not-at-top
   c = qm9.get_config("demo")
   c.data.target = "gap"

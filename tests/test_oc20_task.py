@@ -25,8 +25,7 @@ from noisy_nodes.data.structures import DataError, Structure
 from noisy_nodes.gns.oc20.task import OC20Task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import oc20 as oc20_config  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import oc20 as oc20_config  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 @pytest.fixture(scope="module")

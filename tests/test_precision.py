@@ -1,5 +1,4 @@
 """train.precision: bf16 mixed precision against fp32 on each paper's model."""
-import importlib.util
 import os
 
 import haiku as hk
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 import noisy_nodes  # noqa: F401
+import configs
 from noisy_nodes.engine import optim
 from noisy_nodes.engine import parallel
 from noisy_nodes.engine import precision
@@ -18,11 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(name, variant="tiny"):
-  path = os.path.join(ROOT, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return configs.load(name, variant)
 
 
 def _experiment(config, workdir):
@@ -218,7 +214,8 @@ def test_accelerator_path_skips_cpu_machinery(platform, monkeypatch):
   assert precision.resolve("auto", device=Device()).matmul_precision == (
       "highest")
   assert not agat_cpu.available()
-  layer_fused = hk.transform(lambda: gatgnn.AGATLayer(4).fused)
+  layer_fused = hk.transform(
+      lambda: gatgnn.AGATLayer(4).fused(True, True, jnp.float32))
   assert layer_fused.apply({}, None) is False  # the XLA path
   assert parallel.compiler_options() == {}
   runtime.reexec_with_hugepages(True)  # returns without restarting

@@ -11,8 +11,7 @@ from noisy_nodes.gns.qm9 import reader
 from noisy_nodes.gns.qm9.task import QM9Task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import qm9 as qm9_config  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import qm9 as qm9_config  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 @pytest.fixture(scope="module")

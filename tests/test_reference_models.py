@@ -11,6 +11,7 @@ import pytest
 
 import noisy_nodes  # noqa: F401
 from crystal import models
+from noisy_nodes.models import build_model
 
 F_NODE, F_EDGE, F_COMP = 114, 50, 108   # one-hot Z + degree, 50 Gaussians
 
@@ -55,7 +56,7 @@ def _knn_graph(rng, n=30, k=12, f_node=F_NODE, f_edge=F_EDGE):
 def _count(name, **kw):
   g = _knn_graph(np.random.RandomState(0), n=6, k=3)
   f = hk.transform_with_state(
-      lambda x: models.build_model(name, **kw)(x, True))
+      lambda x: build_model(dict(name=name, **kw))(x, True))
   params, _ = jax.eval_shape(f.init, jax.random.PRNGKey(0), g)
   return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(params))
 
@@ -111,7 +112,7 @@ def _apply_one_layer(name, g, **kw):
   kw = dict(models.presets(name), num_layers=1, norm="none",
             residual=False, **kw)
   f = hk.transform_with_state(
-      lambda x: models.build_model(name, **kw)(x, False)["node_embedding"])
+      lambda x: build_model(dict(name=name, **kw))(x, False)["node_embedding"])
   params, state = f.init(jax.random.PRNGKey(1), g)
   out, _ = f.apply(params, state, None, g)
   p = {k: {n: np.asarray(v, np.float64) for n, v in d.items()}

@@ -24,6 +24,9 @@ Parameters (D = 64, 41 Gaussian edge features, 92 node features):
 
 Padding edges and nodes are masked out of the BatchNorm moments and the sums
 (``noisy_nodes.nn.MaskedBatchNorm``).
+
+Registered as model ``original_cgcnn`` (``noisy_nodes.models.build_model``),
+with the reference's teacher and student settings (``presets``).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 
+from noisy_nodes import models as models_lib
 from noisy_nodes import nn as nn_lib
 from crystal.models import stack
 
@@ -108,3 +112,19 @@ class OriginalCGCNN(hk.Module):
           x = nn_lib.softplus(hk.Linear(self.hidden, name=f"fc_{i}")(x))
         out["graph"] = hk.Linear(self.num_targets, name="fc_out")(x)
     return out
+
+
+def presets(role: str = "teacher") -> dict:
+  """kdmsit/crysgnn's settings: the pre-training encoder (``'teacher'``:
+  ``CrystalAE``, 5 x 64, no input bias, no head) or the distilled student
+  (``'student'``: ``CrystalGraphConvNet`` 3 x 64 with bias and the readout,
+  H = 128, one hidden layer)."""
+  if role == "teacher":
+    return dict(dim=64, num_layers=5, input_bias=False, head=False)
+  if role == "student":
+    return dict(dim=64, num_layers=3, input_bias=True, head=True, hidden=128,
+                num_hidden=1)
+  raise ValueError(f"role must be 'teacher' or 'student', got {role!r}")
+
+
+models_lib.register("original_cgcnn", OriginalCGCNN, presets=presets)

@@ -68,15 +68,18 @@ import jax.numpy as jnp
 import numpy as np
 
 import jraph
-
+from noisy_nodes import models as models_lib
 from noisy_nodes import nn as nn_lib
+from noisy_nodes.gns import model as _gns  # noqa: F401  (registers 'gns')
+from noisy_nodes.models import plain
 from noisy_nodes.data.structures import DataError, Structure, load_structures
 from noisy_nodes.tasks.base import Task, resolve_task
 
 from crystal import features as features_lib
 from crystal.crysgnn import corpus as corpus_lib
 from crystal.crysgnn import distill
-from crystal.crysgnn import encoder as encoder_lib
+# Registers original_cgcnn (and, through crystal.models, the crystal models).
+from crystal.crysgnn import encoder as _encoder  # noqa: F401
 from crystal.crysgnn import heads as heads_lib
 from crystal.crysgnn import losses
 from crystal.crysgnn import symmetry
@@ -87,32 +90,6 @@ TEACHER_PREFIX = "teacher_"
 # Student modules the pre-training loss never trains: not copied by
 # ``init_from_teacher`` (crystal models' output head, GNS decoders).
 _HEAD_MARKERS = ("/head/", "decoder")
-
-
-def plain(cfg) -> Dict[str, Any]:
-  """ConfigDict / mapping -> plain dict (tuples for lists)."""
-  if cfg is None:
-    return {}
-  items = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in items.items()}
-
-
-def build_encoder(model_cfg, num_targets: int = 1):
-  """``config.model`` -> a Haiku module ``f(graph, is_training) -> outputs``
-  with ``'node_embedding'``. Call inside ``hk.transform_with_state``.
-
-  ``name``: ``original_cgcnn`` (the reference's encoder and student,
-  ``encoder.OriginalCGCNN``), ``gns`` (the Noisy Nodes GNS) or any
-  ``crystal.models`` name."""
-  kwargs = plain(model_cfg)
-  name = str(kwargs.pop("name", "cgcnn")).lower()
-  if name == "gns":
-    from noisy_nodes.gns.model import GNS  # pylint: disable=g-import-not-at-top
-    return GNS(num_targets=num_targets, **kwargs)
-  if name == "original_cgcnn":
-    return encoder_lib.OriginalCGCNN(num_targets=num_targets, **kwargs)
-  from crystal import models  # pylint: disable=g-import-not-at-top
-  return models.build_model(name, num_targets=num_targets, **kwargs)
 
 
 def pretrain_featurizer_config(graph_cfg) -> features_lib.FeaturizerConfig:
@@ -292,7 +269,7 @@ class CrysGNNPretrainTask(Task):
 
   # -- model and loss ----------------------------------------------------------------
   def model(self, graph, is_training):
-    encoder = build_encoder(self.config.model)
+    encoder = models_lib.build_model(self.config.model, num_targets=1)
     return heads_lib.CrysGNNPretrainModel(encoder, self.max_atoms)(
         graph, is_training)
 
@@ -548,7 +525,8 @@ class CrysGNNDistillTask(CrystalPropertyTask):
     if self.num_targets is None:
       raise RuntimeError("the number of targets is unknown: call "
                          "load_splits() or load_state_dict() first")
-    student = build_encoder(self.config.model, self.num_targets)
+    student = models_lib.build_model(self.config.model,
+                                     num_targets=self.num_targets)
     outputs = distill.DistilledStudent(student, self.teacher.dim)(
         graph, is_training)
     outputs["teacher_embedding"] = self.teacher.embeddings(graph)

@@ -7,7 +7,9 @@ Every model is a ``skeleton.CrystalModel`` (pre-FC -> scanned (conv -> norm
 ``'pooled'`` [G, F]. Each model file holds its convolution and
 its reference preset (``PRESET``, ``DEEPER``, ``LEARNING_RATE``);
 ``deeper=True`` applies the DeeperGATGNN recipe (DiffGroupNorm + residual
-skips) to any of them.
+skips) to any of them. Importing this package registers the five models
+with ``noisy_nodes.models``: ``build_model(config.model)`` builds them
+(``config.model.name`` 'gatgnn', 'cgcnn', 'schnet', 'mpnn' or 'megnet').
 """
 # Import order matters: stack imports norms; skeleton imports stack; the
 # models import skeleton.
@@ -25,11 +27,13 @@ from crystal.models.mpnn import MPNN, NNConv
 from crystal.models.megnet import MEGNet
 from crystal.models.skeleton import CrystalModel
 
+from noisy_nodes import models as _registry
+
 # What users import: the models, their layers, presets and the parameter
 # table (the modules stay importable: ``from crystal.models import stack``).
 __all__ = ["AGATLayer", "CGCNN", "CGConv", "CrystalModel", "DiffGroupNorm",
            "GATGNN", "InteractionBlock", "MEGNet", "MODELS", "MPNN",
-           "NNConv", "SchNet", "build_model", "format_params",
+           "NNConv", "SchNet", "format_params",
            "learning_rate", "presets"]
 
 MODELS = {"gatgnn": GATGNN, "cgcnn": CGCNN, "schnet": SchNet, "mpnn": MPNN,
@@ -46,17 +50,12 @@ def _module(name: str):
                      f"{sorted(MODELS)}") from None
 
 
-def build_model(name: str, **kwargs):
-  """``build_model('cgcnn', deeper=True, num_layers=10)`` -> a module instance
-  (call inside ``hk.transform_with_state``)."""
-  _module(name)
-  return MODELS[name.lower()](**kwargs)
-
-
 def presets(name: str, deeper: bool = False) -> dict:
-  """The reference's hyper-parameters (usccolumbia/deeperGATGNN's MatDeepLearn config.yml) for
-  ``build_model(name, **...)``: plain or deeper. GATGNN: DEEP_GATGNN (20
-  layers) when ``deeper``, GATGNN (5) otherwise."""
+  """The reference's hyper-parameters (usccolumbia/deeperGATGNN's
+  MatDeepLearn config.yml) of crystal model ``name``, the constructor's
+  keyword arguments: plain or deeper. GATGNN: DEEP_GATGNN (20 layers) when
+  ``deeper``, GATGNN (5) otherwise; the baselines: their module's ``PRESET``
+  (+ ``DEEPER``)."""
   module = _module(name)
   if module is gatgnn:
     return gatgnn.presets(deeper)
@@ -67,3 +66,9 @@ def presets(name: str, deeper: bool = False) -> dict:
 def learning_rate(name: str) -> float:
   """The reference's AdamW learning rate of ``name``."""
   return _module(name).LEARNING_RATE
+
+
+# ``noisy_nodes.models.build_model({'name': 'cgcnn', ...})`` builds these.
+for _name, _cls in MODELS.items():
+  _registry.register(_name, _cls,
+                     presets=lambda deeper=False, _n=_name: presets(_n, deeper))

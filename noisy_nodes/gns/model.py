@@ -35,6 +35,9 @@ and node outputs rotated back, so for periodic graphs the graph output is
 rotation invariant and the node output rotation equivariant.  Molecules (all
 zero cell) keep Cartesian directions, as in the paper; pass
 ``use_directions=False`` for an exactly invariant (distance-only) model.
+
+Registered as model ``gns`` (``noisy_nodes.models.build_model``), with the
+paper's OC20 and QM9 settings (``presets``).
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ import jax.numpy as jnp
 import jraph
 
 from noisy_nodes.gns import features
+from noisy_nodes import models as models_lib
 from noisy_nodes import nn
 from noisy_nodes.data.structures import MAX_ATOMIC_NUMBER
 
@@ -291,3 +295,32 @@ class GNS(hk.Module):
       vs = per_block[2].reshape((-1,) + v_enc.shape)
       out["step_node_latents"] = jnp.concatenate([v_enc[None], vs]) * nmask
     return out
+
+
+# The paper's architectures (Appendix, Tables 9 and 10), keyword arguments
+# of ``GNS``; the task supplies ``cutoff`` (its graph's) and ``num_targets``.
+_PRESETS = {
+    # OC20, Table 9: 1 x 50, latent 512, 3-layer MLPs, 512 Bessel functions.
+    "oc20": dict(latent_size=512, mlp_layers=3, num_message_passing_steps=50,
+                 num_block_iterations=1, num_basis=512,
+                 activation="shifted_softplus", use_tags=True,
+                 use_cell_vector=True, use_directions=True,
+                 lattice_frame=True, remat=False),
+    # QM9, Table 10: 2 x 10, latent 512 with MLP hidden 1024.
+    "qm9": dict(latent_size=512, mlp_hidden_size=1024, mlp_layers=3,
+                num_message_passing_steps=10, num_block_iterations=2,
+                num_basis=512, activation="shifted_softplus",
+                use_directions=True, remat=False),
+}
+
+
+def presets(setting: str = "oc20") -> dict:
+  """The paper's GNS for ``setting`` 'oc20' (Table 9) or 'qm9' (Table 10)."""
+  try:
+    return dict(_PRESETS[setting])
+  except KeyError:
+    raise ValueError(f"unknown GNS setting {setting!r}: use one of "
+                     f"{sorted(_PRESETS)}") from None
+
+
+models_lib.register("gns", GNS, presets=presets)

@@ -48,8 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import noisy_nodes  # noqa: F401  (jraph compatibility shim)
+from noisy_nodes import models as models_lib
 from noisy_nodes.gns import analysis
-from noisy_nodes.gns import model as gns_lib
+from noisy_nodes.gns import model as _gns  # noqa: F401  (registers 'gns')
 from noisy_nodes.gns import noise
 from noisy_nodes.data.graphs import structure_to_graph
 from noisy_nodes.gns.oc20 import metrics as oc20_metrics
@@ -472,19 +473,12 @@ class OC20Task(Task):
 
   # -- model and loss ----------------------------------------------------------------
   def model(self, graph, is_training):
-    m = self.config.model
-    return gns_lib.GNS(
-        latent_size=int(m.latent_size), mlp_layers=int(m.mlp_layers),
-        num_message_passing_steps=int(m.num_message_passing_steps),
-        num_block_iterations=int(m.num_block_iterations),
-        num_basis=int(m.num_basis), cutoff=float(self.config.data.cutoff),
-        num_targets=1, use_tags=bool(m.get("use_tags", True)),
-        use_cell_vector=bool(m.get("use_cell_vector", True)),
-        remat=bool(m.get("remat", False)),
-        step_latents=bool(m.get("step_latents", False)),
-        activation=str(m.get("activation", "shifted_softplus")),
-        use_directions=bool(m.get("use_directions", True)),
-        lattice_frame=bool(m.get("lattice_frame", True)))(graph, is_training)
+    # The GNS unless config.model.name says otherwise (runs saved before
+    # model.name existed); the Bessel basis ends at the graph's cutoff.
+    return models_lib.build_model(
+        {"name": "gns", **models_lib.plain(self.config.model)},
+        num_targets=1, cutoff=float(self.config.data.cutoff))(graph,
+                                                              is_training)
 
   def loss(self, outputs, graph):
     lc = self.config.loss
