@@ -7,6 +7,7 @@ The public API, flat (``import noisy_nodes as nn_lib; nn_lib.load(...)``):
               neighbor_list, structure_to_graph; Budget, estimate_budget,
               pad_graphs, GraphStream, register_edge_layout (batching)
   tasks       Task, resolve_task
+  models      build_model(config.model) (every registered model)
   training    ``noisy_nodes.engine.train(config, workdir)`` (the CLI
               ``python -m noisy_nodes.train`` holds the name here)
   trained     load(workdir) -> Predictor; analyze, write_submission
@@ -28,6 +29,7 @@ __all__, __getattr__, __dir__ = _lazy.attach(__name__, {
         "estimate_budget", "pad_graphs", "GraphStream",
         "register_edge_layout"),
     "noisy_nodes.tasks.base": ("Task", "resolve_task"),
+    "noisy_nodes.models": ("build_model",),
     "noisy_nodes.api.predictor": ("load", "Predictor", "analyze",
                                   "write_submission"),
     "noisy_nodes.errors": ("ConfigError",),

@@ -228,8 +228,8 @@ def _fused_edges(xw, ew, att, senders, receivers, self_rows, n, attention):
 
 # With remat, the fused layer keeps its [E, 2H] logits and [N, D] messages
 # (20 layers, 10,000 edges, 1,000 nodes: 11 MB) so the backward goes straight to
-# the gradient kernels instead of running the forward walks again (training
-# step 1.18x). The XLA path names nothing: it saves nothing, as before.
+# the gradient kernels instead of running the forward walks again (faster:
+# docs/benchmarks.md). The XLA path names nothing: it saves nothing.
 _REMAT_SAVED = ("agat_both", "agat_messages")
 
 
