@@ -4,9 +4,10 @@
 DeeperGATGNN or a (deeper) baseline, as in the DeeperGATGNN reference
 (MatDeepLearn):
 
-  data     a dataset folder (MatDeepLearn / CGCNN / ALIGNN layout, read by
-           ``crystal.io.read_dataset_folder``) or, when ``data.path`` is
-           empty, a generated EMT dataset (``crystal.generators``) made once
+  data     a dataset folder (MatDeepLearn / CGCNN / ALIGNN layout, a
+           ``crystal.io.FolderSource``: indexed, each file parsed when
+           read; ``data.format='db'``: ``read_dataset_folder``) or, when
+           ``data.path`` is empty, a generated EMT dataset (``crystal.generators``) made once
            and cached as npz under ``data.cache_dir``;
   splits   hold-out 0.8 / 0.05 / 0.15 of a seeded permutation (or absolute
            counts ``data.split_sizes = (train, val, test)``), or k-fold

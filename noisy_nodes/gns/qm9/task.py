@@ -2,7 +2,8 @@
 
 Data (``config.data``):
   * ``path``: a folder or archive of raw ``dsgdb9nsd_*.xyz`` files
-    (``noisy_nodes.gns.qm9.reader.read_qm9_dir``); molecules listed in
+    (``noisy_nodes.gns.qm9.reader.open_qm9``: parsed once into the npz
+    cache of ``cache_dir``, then read on demand); molecules listed in
     ``uncharacterized_path`` (the official ``uncharacterized.txt``) are
     excluded when it is given.
   * ``path`` empty: a small QM9-like set computed with GFN2-xTB
