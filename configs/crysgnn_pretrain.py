@@ -25,8 +25,19 @@ Deviations of the default, each with the switch that restores the reference:
   * a held-out ``data.val_fraction = 0.05`` for model selection (the
     reference trains on everything and keeps the lowest training loss):
     ``--config.data.val_fraction`` small;
-  * crystals above ``data.max_atoms = 48`` atoms are dropped (the
-    connectivity decoder's dense block; the reference has no cap);
+  * no crystal is dropped for its size (the reference has no cap either),
+    but the connectivity loss over all n^2 ordered atom pairs is evaluated
+    exactly only for crystals up to ``loss.background_pairs = 48`` atoms;
+    in larger ones each atom's 12 neighbour pairs (its non-zero targets) are
+    exact and its class-0 pairs a systematic sample of 48 partners, each
+    counting n/48 times: an unbiased estimate with the exact normaliser
+    (``crystal.crysgnn.heads.pair_slots``), so memory is linear in the
+    batch's atoms, not quadratic in its largest crystal. Set
+    ``background_pairs`` to the largest crystal's size for the reference's
+    exact loss everywhere;
+  * generated crystals have at most ``data.corpus.max_atoms = 100`` atoms
+    (a choice of the synthetic distribution; files of ``data.path`` are
+    kept whatever their size);
   * batches are dynamic: up to 128 crystals under node/edge budgets estimated
     to hold 128 typical ones (fixed shapes for XLA; the reference's batches
     are exactly 128);
@@ -72,8 +83,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       # Generated corpus (crystal.crysgnn.corpus) when path is empty; with a
       # path, ``extra`` generated crystals are added to the user's.
       corpus=dict(n=50000, extra=0, seed=0, workers=2, timeout_s=20.0,
-                  mix=(0.7, 0.15, 0.05, 0.1)),
-      max_atoms=48,           # P: connectivity block size; larger are dropped.
+                  mix=(0.7, 0.15, 0.05, 0.1),
+                  max_atoms=100),  # size bound of GENERATED crystals only.
       val_fraction=0.05,
       seed=0,
       contrastive_chunk=256,  # validation NT-Xent over chunks of this many.
@@ -86,7 +97,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model = dict(name="original_cgcnn", **encoder.presets("teacher"))
   c.loss = dict(weights=dict(feature=0.25, connectivity=0.25,
                              space_group=0.25, contrastive=0.25),
-                temperature=0.07)
+                temperature=0.07,
+                # M: class-0 pair slots per atom; crystals up to M atoms get
+                # the exact all-pairs L_CR, larger ones an unbiased sample.
+                background_pairs=48)
   c.batch = dict(max_nodes=0, max_edges=0, max_graphs=BATCH, shuffle=True,
                  prefetch=2, skip_oversized=False)
   c.optim = dict(optimizer="adam", lr=0.03, b1=0.9, b2=0.999,
@@ -113,16 +127,15 @@ def _apply(c, variant):
     c.optim.update(lr=1e-3, clip_norm=10.0)
     c.train.update(num_steps=50000, eval_every=2000, checkpoint_every=2000)
   elif variant == "demo":
-    c.data.corpus.n = 600
-    c.data.max_atoms = 24
+    c.data.corpus.update(n=600, max_atoms=24)
     c.data.val_fraction = 0.1
     c.batch.update(max_graphs=32)
     c.optim.lr = 3e-3
     c.train.update(num_steps=400, log_every=50, eval_every=100,
                    checkpoint_every=100)
   elif variant == "tiny":
-    c.data.corpus.update(n=24, workers=1)
-    c.data.max_atoms = 12
+    c.data.corpus.update(n=24, workers=1, max_atoms=12)
+    c.loss.background_pairs = 8  # sampled pairs above 8 atoms (tests)
     c.data.val_fraction = 0.25
     c.model.update(dim=16, num_layers=2)
     c.batch.update(max_nodes=96, max_edges=1152, max_graphs=8)

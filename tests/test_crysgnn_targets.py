@@ -52,17 +52,27 @@ def test_counts_match_brute_force_over_images(n, seed):
                                 np.minimum(ref, 5))
 
 
-def test_fcc_one_atom_and_padding():
+def test_fcc_one_atom_and_sparse_storage():
   s = Structure.from_ase(bulk("Cu", "fcc", a=3.6), id="cu")
   np.testing.assert_array_equal(targets.connectivity_counts(s, cap=100),
                                 [[12]])
-  t = targets.connectivity_target(s, max_atoms=4)
-  np.testing.assert_array_equal(t, [[5, -1, -1, -1]])
+  t = targets.connectivity_target(s)
+  np.testing.assert_array_equal(t["connectivity_partner"], [[0] + [-1] * 11])
+  np.testing.assert_array_equal(t["connectivity_count"], [[5] + [0] * 11])
   hcp = Structure.from_ase(bulk("Mg", "hcp", a=3.21, c=5.21), id="mg")
   np.testing.assert_array_equal(targets.connectivity_counts(hcp, cap=100),
                                 [[6, 6], [6, 6]])
-  with pytest.raises(DataError, match="max_atoms"):
-    targets.connectivity_target(hcp, max_atoms=1)
+  # Any size: [n, 12] per crystal, the dense counts recovered exactly.
+  big = Structure.from_ase(bulk("Cu", "fcc", a=3.6, cubic=True) * (5, 5, 1),
+                           id="cu100")
+  t = targets.connectivity_target(big)
+  assert t["connectivity_partner"].shape == (100, 12)
+  dense = np.zeros((100, 100), np.int32)
+  rows = np.repeat(np.arange(100), 12)
+  ok = t["connectivity_partner"].reshape(-1) >= 0
+  dense[rows[ok], t["connectivity_partner"].reshape(-1)[ok]] = (
+      t["connectivity_count"].reshape(-1)[ok])
+  np.testing.assert_array_equal(dense, targets.connectivity_counts(big))
 
 
 def _s(atoms):
@@ -148,10 +158,11 @@ def test_crystal_system_ranges_and_errors():
 
 def test_pretrain_labels_consistency():
   s = symmetry.add_symmetry_labels(_s(bulk("Si", "diamond", a=5.43)))
-  nodes, glob = targets.pretrain_labels(s, max_atoms=3)
-  assert nodes["connectivity"].shape == (2, 3)
+  nodes, glob = targets.pretrain_labels(s)
+  assert nodes["connectivity_partner"].shape == (2, 12)
+  assert nodes["connectivity_count"].shape == (2, 12)
   assert glob["space_group"].tolist() == [227]
   assert glob["crystal_system"].tolist() == [6]
   s.targets["crystal_system"] = np.float64(2.0)
   with pytest.raises(DataError, match="inconsistent"):
-    targets.pretrain_labels(s, max_atoms=3)
+    targets.pretrain_labels(s)

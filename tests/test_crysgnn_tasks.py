@@ -24,6 +24,7 @@ from noisy_nodes.engine import trainer
 from noisy_nodes.data.structures import DataError
 from crystal import datasets
 from crystal import tasks as crystal_tasks
+from crystal.crysgnn import distill
 from crystal.crysgnn import losses
 from crystal.crysgnn import tasks
 
@@ -130,7 +131,7 @@ def _checkpoint_tree(workdir, step):
 def test_distillation_keeps_teacher_frozen(teacher_dir, tmp_path):
   cfg = _distill_config(tmp_path)
   cfg.teacher.workdir = teacher_dir
-  teacher = tasks.load_teacher(teacher_dir)
+  teacher = distill.load_teacher(teacher_dir)
   before = _snapshot((teacher.params, teacher.state))
   disk = _hash_dir(teacher_dir)
   # Real running statistics (pre-training moved them off zeros/ones).
@@ -435,3 +436,28 @@ def test_unreadable_input_file_is_an_error_or_skipped(tmp_path):
   task = tasks.CrysGNNPretrainTask(cfg)
   assert len(task.corpus()) == 2
   assert len(task.skipped) == 1 and "broken.cif" in task.skipped[0]
+
+
+def test_large_crystal_trains_through_a_step(tmp_path):
+  """No size cap: a 100-atom crystal of data.path is kept and trains (its
+  class-0 pairs sampled, tiny's loss.background_pairs = 8)."""
+  import ase.io  # pylint: disable=g-import-not-at-top
+  d = tmp_path / "inputs"
+  d.mkdir()
+  ase.io.write(str(d / "nacl.cif"), bulk("NaCl", "rocksalt", a=5.64))
+  ase.io.write(str(d / "cu.cif"), bulk("Cu", "fcc", a=3.6))
+  big = bulk("Cu", "fcc", a=3.6, cubic=True) * (5, 5, 1)
+  big.rattle(0.05, seed=0)
+  ase.io.write(str(d / "cu100.cif"), big)
+  cfg = crysgnn_pretrain.get_config("tiny")
+  cfg.data.update(path=str(d), cache_dir=str(tmp_path / "cache"), seed=1)
+  cfg.data.corpus.update(extra=0, workers=1, mix=(0, 0, 1, 0))
+  cfg.batch.update(max_nodes=128, max_edges=2048, max_graphs=4)
+  cfg.train.update(num_steps=1, log_every=1, eval_every=1, checkpoint_every=1)
+  workdir = str(tmp_path / "run")
+  trainer.train(cfg, workdir)
+  exp, _, _, _, _ = trainer.restore_run(workdir, "latest")
+  assert [s.num_atoms for s in exp.splits["train"]].count(100) == 1
+  (row,) = _rows(workdir, "train")
+  assert row["step"] == 1 and np.isfinite(row["loss_connectivity"])
+  assert row["loss_connectivity"] > 0

@@ -13,7 +13,11 @@ Without network access this module builds a corpus from
     * ``bulk``: ``ase.build.bulk`` ground-state structures of the 72 elements
       ASE knows (primitive or conventional), randomly strained ±2 %;
     * ``known``: pymatgen's test structures and pyxtal's shipped CIFs,
-      isotropically strained ±2 %.
+      isotropically strained ±2 %
+    (generators in ``synthetic.py``). ``max_atoms`` (default 100) bounds the
+    size of GENERATED crystals only, as a choice of their distribution; a
+    user's file of any size is kept (the pre-training loss handles any size,
+    ``heads.pair_slots``).
 Labels (``targets['space_group']`` 1..230, ``targets['crystal_system']``
 0..6) are always detected with spglib on the final structure
 (``symmetry.add_symmetry_labels``, symprec 0.01, angle 5°): 1–2 % of pyxtal crystals come
@@ -24,20 +28,26 @@ Item i is generated from ``np.random.default_rng([seed, i])``, so the corpus is
 deterministic by seed regardless of worker count or chunking. Items run in
 worker processes (OMP/OPENBLAS threads pinned to 1) with a per-item timeout;
 failures are recorded in the manifest, never fatal. Output is chunked:
-``<stem>-00000.npz``... (``noisy_nodes.data.structures.save_structures``) plus a
+``files-<hash>.npz`` for the user's files (content-addressed, so a changed
+folder converts only the chunks it touches) and ``<stem>-00000.npz``... for
+generated items (``noisy_nodes.data.structures.save_structures``), plus a
 JSON manifest ``<out>`` listing chunks, counts, failures and structures/s;
-existing chunks are kept with ``--resume``. ``load_corpus(out)`` reads it back.
+existing generated chunks are kept with ``--resume``. ``CorpusSource(out)``
+reads it back on demand (memory-mapped), ``load_corpus(out)`` whole.
 
 CLI: python -m crystal.crysgnn.corpus --out=corpus.json --n=1000 --seed=0 \
-       --workers=2 [--inputs=DIR_OR_FILE ...] [--max_atoms=48]
+       --workers=2 [--inputs=DIR_OR_FILE ...] [--max_atoms=100]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import sys
 import time
 import warnings
@@ -45,164 +55,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from noisy_nodes.data.structures import (DataError, Structure, load_structures,
-                                    save_structures)
+from noisy_nodes.data.structures import DataError, Structure, save_structures
+from crystal.crysgnn.chunks import CorpusSource
+from crystal.crysgnn import synthetic
 from crystal.crysgnn import symmetry
 
 SOURCES = ("pyxtal", "prototype", "bulk", "known")
 DEFAULT_MIX = (0.7, 0.15, 0.05, 0.1)
-MAX_ATOMS = 48
+MAX_ATOMS = 100  # size bound of generated crystals (not of user files)
 ITEM_TIMEOUT_S = 20
 CHUNK_SIZE = 10000
-# Elements drawn for generated crystals: H..Bi without noble gases, Tc, Pm.
-ELEMENTS = tuple(z for z in range(1, 84) if z not in (2, 10, 18, 36, 54, 43,
-                                                      61))
 
 
-# -- generators (each: rng -> Structure without labels) -------------------------
-def _pyxtal(rng: np.random.Generator, max_atoms: int) -> Structure:
-  from pyxtal import pyxtal  # pylint: disable=g-import-not-at-top
-  from pyxtal.symmetry import Group  # pylint: disable=g-import-not-at-top
-  from ase.data import chemical_symbols  # pylint: disable=g-import-not-at-top
-  group = int(rng.integers(1, 231))
-  mults = sorted({w.multiplicity for w in Group(group).Wyckoff_positions})
-  last = None
-  for _ in range(4):  # A few compositions; pyxtal rejects incompatible ones.
-    n_species = int(rng.integers(1, 4))
-    zs = rng.choice(ELEMENTS, n_species, replace=False)
-    # Each species occupies 1-2 Wyckoff sites, smallest orbits most likely.
-    p = 1.0 / np.arange(1, len(mults) + 1) ** 2
-    counts = [int(sum(rng.choice(mults, int(rng.integers(1, 3)), p=p / p.sum())))
-              for _ in zs]
-    if sum(counts) > max_atoms:
-      last = f"{sum(counts)} atoms > max_atoms for group {group}"
-      continue
-    c = pyxtal()
-    try:
-      c.from_random(3, group, [chemical_symbols[z] for z in zs], counts,
-                    random_state=int(rng.integers(2**31)))
-    except Exception as e:  # pylint: disable=broad-except  (pyxtal errors)
-      last = f"pyxtal: {type(e).__name__}: {e}"
-      continue
-    if not c.valid:
-      last = f"pyxtal produced no valid crystal for group {group}"
-      continue
-    s = Structure.from_ase(c.to_ase(), id="")
-    s.info["requested_space_group"] = group
-    return s
-  raise RuntimeError(last)
-
-
-_PROTOTYPES = None
-_KNOWN = None
-
-
-def _prototypes():
-  global _PROTOTYPES
-  if _PROTOTYPES is None:
-    from pymatgen.analysis.prototypes import AFLOW_PROTOTYPE_LIBRARY  # pylint: disable=g-import-not-at-top
-    _PROTOTYPES = [(e["tags"].get("mineral") or e["tags"].get("aflow") or
-                    str(i), e["snl"].structure)
-                   for i, e in enumerate(AFLOW_PROTOTYPE_LIBRARY)]
-  return _PROTOTYPES
-
-
-def _covalent(z):
-  from ase.data import covalent_radii  # pylint: disable=g-import-not-at-top
-  return covalent_radii[np.asarray(z)]
-
-
-def _rescale_to_bonds(s: Structure, rng) -> Structure:
-  """Scales the cell so the shortest bond is 0.95-1.2 × Σ covalent radii."""
-  from noisy_nodes.data.neighbors import neighbor_list  # pylint: disable=g-import-not-at-top
-  nl = neighbor_list(s.positions, s.cell, s.pbc, 12.0, max_neighbors=1)
-  if len(nl.distances) == 0:
-    raise RuntimeError("no neighbours within 12 Å")
-  z = s.atomic_numbers
-  ratio = nl.distances / (_covalent(z[nl.senders]) + _covalent(z[nl.receivers]))
-  factor = rng.uniform(0.95, 1.2) / ratio.min()
-  return Structure(id="", atomic_numbers=z, positions=s.positions * factor,
-                   cell=s.cell * factor, pbc=True, info=s.info)
-
-
-def _prototype(rng, max_atoms: int) -> Structure:
-  protos = _prototypes()
-  for _ in range(4):
-    name, ps = protos[int(rng.integers(len(protos)))]
-    if len(ps) <= max_atoms:
-      break
-  else:
-    raise RuntimeError("no prototype small enough")
-  species = sorted({site.specie.Z for site in ps})
-  new = dict(zip(species, rng.choice(ELEMENTS, len(species), replace=False)))
-  z = np.array([new[site.specie.Z] for site in ps])
-  s = Structure(id="", atomic_numbers=z, positions=ps.cart_coords,
-                cell=ps.lattice.matrix, pbc=True,
-                info={"prototype": str(name)})
-  return _rescale_to_bonds(s, rng)
-
-
-def _strain(s: Structure, rng, amount=0.02, isotropic=False) -> Structure:
-  if isotropic:
-    m = np.eye(3) * (1 + rng.uniform(-amount, amount))
-  else:
-    e = rng.uniform(-amount, amount, (3, 3))
-    m = np.eye(3) + 0.5 * (e + e.T)
-  return Structure(id="", atomic_numbers=s.atomic_numbers,
-                   positions=s.positions @ m, cell=s.cell @ m, pbc=True,
-                   info=s.info)
-
-
-def bulk_elements() -> List[str]:
-  """Element symbols ``ase.build.bulk`` can build without extra arguments."""
-  from ase.data import chemical_symbols, reference_states  # pylint: disable=g-import-not-at-top
-  ok = ("fcc", "bcc", "hcp", "diamond", "sc", "rhombohedral", "bct",
-        "orthorhombic")
-  return [chemical_symbols[z] for z, st in enumerate(reference_states)
-          if st and st.get("symmetry") in ok]
-
-
-def _bulk(rng, max_atoms: int) -> Structure:
-  del max_atoms
-  from ase.build import bulk  # pylint: disable=g-import-not-at-top
-  symbols = bulk_elements()
-  sym = symbols[int(rng.integers(len(symbols)))]
-  cubic = bool(rng.random() < 0.3)
-  try:
-    atoms = bulk(sym, cubic=cubic)
-  except Exception:  # pylint: disable=broad-except  (no cubic cell)
-    atoms, cubic = bulk(sym), False
-  s = Structure.from_ase(atoms, id="", info={"element": sym, "cubic": cubic})
-  return _strain(s, rng)
-
-
-def _known_files() -> List[str]:
-  global _KNOWN
-  if _KNOWN is None:
-    import pymatgen.core  # pylint: disable=g-import-not-at-top
-    import pyxtal  # pylint: disable=g-import-not-at-top
-    pmg = os.path.join(os.path.dirname(os.path.dirname(pymatgen.core.__file__)),
-                       "util", "structures")
-    pyx = os.path.join(os.path.dirname(pyxtal.__file__), "database", "cifs")
-    files = []
-    for d, ext in ((pmg, ".json"), (pyx, ".cif")):
-      if os.path.isdir(d):
-        files += sorted(os.path.join(d, f) for f in os.listdir(d)
-                        if f.endswith(ext))
-    _KNOWN = files
-  return _KNOWN
-
-
-def _read_pymatgen(path: str) -> Structure:
-  """Shipped files (pymatgen JSON, pyxtal CIFs with unusual space-group
-  spellings that ASE rejects) are read with pymatgen."""
-  from pymatgen.core import Structure as PmgStructure  # pylint: disable=g-import-not-at-top
-  ps = PmgStructure.from_file(path)
-  return Structure(id=os.path.basename(path), atomic_numbers=ps.atomic_numbers,
-                   positions=ps.cart_coords, cell=ps.lattice.matrix,
-                   pbc=True, info={"source": path})
-
-
+# -- user files --------------------------------------------------------------------
 def _read_any(path: str) -> Structure:
   """A user file: ``crystal.io.read_structure`` (ase.io if absent)."""
   try:
@@ -220,24 +85,6 @@ def _read_any(path: str) -> Structure:
                             info={"source": path})
 
 
-def _known(rng, max_atoms: int) -> Structure:
-  files = _known_files()
-  last = "no known structure small enough"
-  for _ in range(4):
-    path = files[int(rng.integers(len(files)))]
-    try:  # Some shipped files are disordered (partial occupancies).
-      s = _read_pymatgen(path)
-    except Exception as e:  # pylint: disable=broad-except
-      last = f"{os.path.basename(path)}: {type(e).__name__}: {e}"
-      continue
-    if s.num_atoms <= max_atoms and s.pbc.all():
-      s.info = {"source": os.path.basename(path)}
-      return _strain(s, rng, isotropic=True)
-  raise RuntimeError(last)
-
-
-_GENERATORS = {"pyxtal": _pyxtal, "prototype": _prototype, "bulk": _bulk,
-               "known": _known}
 
 
 # -- items -----------------------------------------------------------------------
@@ -255,7 +102,7 @@ def make_item(task: Tuple[str, Any], seed: int, mix: Sequence[float],
   """One corpus item: ("gen", index) or ("file", path) -> (structure, failure).
 
   The structure carries detected symmetry labels; on failure (exception,
-  timeout, too many atoms, no symmetry) it is None and the failure is a dict
+  timeout, no generated crystal within max_atoms, no symmetry) it is None and the failure is a dict
   {item, source, error}.
   """
   kind, key = task
@@ -270,16 +117,14 @@ def make_item(task: Tuple[str, Any], seed: int, mix: Sequence[float],
       if kind == "gen":
         rng = np.random.default_rng([seed, int(key)])
         source = SOURCES[int(rng.choice(len(SOURCES), p=np.asarray(mix)))]
-        s = _GENERATORS[source](rng, max_atoms)
+        s = synthetic.GENERATORS[source](rng, max_atoms)
         s.id = f"gen-{seed}-{int(key):07d}"
         if np.linalg.det(s.cell) < 0:
           # pyxtal may return a left-handed basis; -a, -b, -c spans the same
           # lattice with positive volume (Structure.validate requires it).
           s.cell = -s.cell
-      else:
+      else:  # A user's file: any size (no cap biases the corpus).
         s = _read_any(key)
-        if s.num_atoms > max_atoms:
-          raise DataError(key, f"{s.num_atoms} atoms > max_atoms={max_atoms}")
       s.info["source_kind"] = source
       s.validate()
       symmetry.add_symmetry_labels(s)
@@ -296,17 +141,6 @@ def make_item(task: Tuple[str, Any], seed: int, mix: Sequence[float],
       signal.signal(signal.SIGALRM, old)
 
 
-def preload(mix: Sequence[float]):
-  """Imports and loads shipped libraries once, before workers fork, so that
-  no item pays (or times out on) a multi-second library load."""
-  import pyxtal  # pylint: disable=g-import-not-at-top,unused-import
-  from pyxtal.symmetry import Group  # pylint: disable=g-import-not-at-top
-  Group(225)
-  if mix[SOURCES.index("prototype")] > 0:
-    _prototypes()
-  if mix[SOURCES.index("known")] > 0:
-    _known_files()
-    import pymatgen.core  # pylint: disable=g-import-not-at-top,unused-import
 
 
 def _worker_init():
@@ -334,52 +168,112 @@ def collect_inputs(paths: Sequence[str]) -> List[str]:
   return out
 
 
+def _file_key(path: str) -> Tuple[str, int, int]:
+  st = os.stat(path)
+  return os.path.abspath(path), int(st.st_size), int(st.st_mtime_ns)
+
+
+def _plan(files: Sequence[str], n: int, chunk_size: int, out: str
+          ) -> List[Tuple[List[Tuple[str, Any]], str, bool]]:
+  """The corpus's chunks: [(tasks, npz path, reusable)].
+
+  Files are cut into chunks at content-defined boundaries (after a file
+  whose path hash is 0 mod ``chunk_size``, or after 4 x ``chunk_size``
+  files) and each chunk is named by a hash of its files' (path, size,
+  mtime) and the labelling tolerances: adding, removing or rewriting one
+  file of an 800K folder converts one or two chunks again, every other chunk
+  is reused from the cache folder. Generated items: fixed chunks
+  ``<stem>-NNNNN.npz`` (reused with ``resume``).
+  """
+  root = os.path.dirname(os.path.abspath(out))
+  stem = os.path.splitext(out)[0]
+  groups, cur = [], []
+  for p in files:
+    cur.append(p)
+    h = int(hashlib.sha256(os.path.abspath(p).encode()).hexdigest()[:12], 16)
+    if h % max(1, chunk_size) == 0 or len(cur) >= 4 * chunk_size:
+      groups.append(cur)
+      cur = []
+  if cur:
+    groups.append(cur)
+  plan = []
+  for g in groups:
+    key = hashlib.sha256(json.dumps(
+        [symmetry.SYMPREC, symmetry.ANGLE_TOLERANCE,
+         [_file_key(p) for p in g]]).encode()).hexdigest()[:16]
+    plan.append(([("file", p) for p in g],
+                 os.path.join(root, f"files-{key}.npz"), True))
+  for k, c0 in enumerate(range(0, n, chunk_size)):
+    plan.append(([("gen", i) for i in range(c0, min(n, c0 + chunk_size))],
+                 f"{stem}-{k:05d}.npz", False))
+  return plan
+
+
+def _sidecar(path: str) -> str:
+  return path[:-len(".npz")] + ".json"
+
+
 def build_corpus(out: str, n: int, seed: int = 0, workers: int = 2,
                  inputs: Sequence[str] = (), mix: Sequence[float] = DEFAULT_MIX,
                  max_atoms: int = MAX_ATOMS, timeout_s: float = ITEM_TIMEOUT_S,
                  chunk_size: int = CHUNK_SIZE, resume: bool = False,
                  log=print) -> Dict[str, Any]:
-  """Builds the corpus and writes the manifest ``out`` (JSON); returns it."""
+  """Builds the corpus and writes the manifest ``out`` (JSON); returns it.
+
+  Each chunk ``X.npz`` gets a sidecar ``X.json`` (its count and failures),
+  written after it: a chunk with both is complete and is reused (file
+  chunks always, generated ones with ``resume``; ``_plan``).
+  """
   mix = np.asarray(mix, float)
   if mix.shape != (len(SOURCES),) or mix.min() < 0 or mix.sum() <= 0:
     raise ValueError(f"mix must be {len(SOURCES)} weights for {SOURCES}")
   mix = tuple(mix / mix.sum())
-  tasks = [("file", p) for p in collect_inputs(inputs)]
-  tasks += [("gen", i) for i in range(n)]
-  stem = os.path.splitext(out)[0]
+  files = collect_inputs(inputs)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  manifest = {"seed": seed, "n_requested": n, "n_inputs": len(tasks) - n,
+  manifest = {"seed": seed, "n_requested": n, "n_inputs": len(files),
               "mix": dict(zip(SOURCES, mix)), "max_atoms": max_atoms,
               "symprec": symmetry.SYMPREC,
-              "angle_tolerance": symmetry.ANGLE_TOLERANCE, "chunks": [], "failures": []}
+              "angle_tolerance": symmetry.ANGLE_TOLERANCE, "chunks": [],
+              "failures": []}
   # Small sub-batches per worker call keep all workers busy and bound memory.
   sub = max(1, min(64, chunk_size // max(1, 4 * workers)))
-  preload(mix)
+  plan = _plan(files, n, chunk_size, out)
+  todo = [(t, p) for t, p, reusable in plan
+          if not ((reusable or resume) and os.path.exists(p) and
+                  os.path.exists(_sidecar(p)))]
+  if todo:
+    synthetic.preload({s for s, w in zip(SOURCES, mix) if w > 0})
   pool = mp.get_context("fork").Pool(workers, _worker_init) \
-      if workers > 1 else None
+      if workers > 1 and todo else None
   t0, produced = time.time(), 0
+  todo_paths = {p for _, p in todo}
   try:
-    for c0 in range(0, len(tasks), chunk_size):
-      chunk_tasks = tasks[c0:c0 + chunk_size]
-      path = f"{stem}-{c0 // chunk_size:05d}.npz"
-      if resume and os.path.exists(path):
-        count = len(load_structures(path))
+    for chunk_tasks, path, _ in plan:
+      if path not in todo_paths:
+        with open(_sidecar(path)) as f:
+          side = json.load(f)
+        manifest["failures"] += side["failures"]
         manifest["chunks"].append({"path": os.path.basename(path),
-                                   "count": count, "resumed": True})
+                                   "count": side["count"], "reused": True})
         continue
       jobs = [(chunk_tasks[i:i + sub], seed, mix, max_atoms, timeout_s)
               for i in range(0, len(chunk_tasks), sub)]
       results = (pool.imap(_run_chunk, jobs) if pool
                  else map(_run_chunk, jobs))
-      structures = []
+      structures, failures = [], []
       for part in results:
         for s, fail in part:
           if s is None:
-            manifest["failures"].append(fail)
+            failures.append(fail)
           else:
             structures.append(s)
       save_structures(path, structures)
+      tmp = _sidecar(path) + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump({"count": len(structures), "failures": failures}, f)
+      os.replace(tmp, _sidecar(path))
       produced += len(structures)
+      manifest["failures"] += failures
       manifest["chunks"].append({"path": os.path.basename(path),
                                  "count": len(structures)})
       rate = produced / max(time.time() - t0, 1e-9)
@@ -402,17 +296,151 @@ def build_corpus(out: str, n: int, seed: int = 0, workers: int = 2,
 
 
 def load_corpus(manifest_path: str) -> List[Structure]:
-  """All structures of a corpus, in item order."""
-  try:
-    with open(manifest_path) as f:
-      manifest = json.load(f)
-  except (OSError, ValueError) as e:
-    raise DataError(manifest_path, f"unreadable corpus manifest ({e})") from e
-  root = os.path.dirname(os.path.abspath(manifest_path))
-  out = []
-  for c in manifest["chunks"]:
-    out += load_structures(os.path.join(root, c["path"]))
-  return out
+  """All structures of a corpus, in item order (in memory: small corpora;
+  ``CorpusSource`` reads them on demand)."""
+  return list(CorpusSource(manifest_path))
+
+
+# -- the cached corpus of a pre-training config ----------------------------------------
+class CorpusRequest:
+  """The corpus a CrysGNN pre-training config asks for (``config.data``).
+
+  ``data.path``: a corpus manifest (JSON of ``build_corpus``) used as is, or
+  structure files/folders (comma-separated) converted once, plus
+  ``data.corpus.extra`` generated crystals; empty: ``data.corpus.n``
+  generated crystals. Conversions are cached under ``data.cache_dir`` in a
+  manifest whose file name hashes the request (counts, seed, mix, size bound,
+  input paths and ``fingerprint`` of their files, symmetry tolerances), so a
+  different request or a changed folder never reads a stale corpus (and a
+  changed folder converts only the chunks its changes touch, ``_plan``). With
+  ``data.corpus.workers`` >= 2 (the configs' default) the conversion runs in
+  a separate process (the corpus CLI): the training process parses no
+  structure up front, it reads the chunks on demand (``CorpusSource``).
+  """
+
+  def __init__(self, data_cfg):
+    d = data_cfg
+    c = d.get("corpus", {})
+    self.cache_dir = os.path.expanduser(str(d.get("cache_dir", ".")))
+    self.max_atoms = int(c.get("max_atoms", MAX_ATOMS))
+    self.workers = int(c.get("workers", 1))
+    self.timeout_s = float(c.get("timeout_s", ITEM_TIMEOUT_S))
+    path = str(d.get("path", "") or "")
+    self.inputs = [p.strip() for p in path.split(",") if p.strip()]
+    self.given_manifest = (self.inputs[0] if len(self.inputs) == 1 and
+                           self.inputs[0].endswith(".json") else None)
+    self.n = int(c.get("extra", 0) if self.inputs else c.get("n", 0))
+    self.seed = int(c.get("seed", 0))
+    self.mix = [float(x) for x in c.get("mix", DEFAULT_MIX)]
+    self._fingerprint = None
+
+  def settings(self, n: Optional[int] = None) -> Dict[str, Any]:
+    if self._fingerprint is None:
+      self._fingerprint = fingerprint(self.inputs)
+    return {"n": self.n if n is None else n, "seed": self.seed,
+            "mix": self.mix, "max_atoms": self.max_atoms,
+            "inputs": [os.path.abspath(p) for p in self.inputs],
+            # A file added, removed or rewritten changes the key.
+            "files": self._fingerprint,
+            # Labels depend on the tolerances: a corpus labelled with other
+            # ones is never reused.
+            "symprec": symmetry.SYMPREC,
+            "angle_tolerance": symmetry.ANGLE_TOLERANCE}
+
+  def cache_path(self, n: Optional[int] = None) -> str:
+    settings = self.settings(n)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()
+                         ).hexdigest()[:12]
+    return os.path.join(self.cache_dir,
+                        f"corpus_n{settings['n']}_{key}.json")
+
+  def manifest(self, shapes_only: bool = False) -> str:
+    """The manifest path, built on first use. ``shapes_only`` (restoring a
+    run as a teacher) never builds a large corpus: 4 generated crystals
+    stand in when the cached one is gone (or its folder changed)."""
+    if self.given_manifest:
+      return self.given_manifest
+    if shapes_only:
+      try:
+        path = self.cache_path()
+      except DataError:  # The run's folder is gone.
+        path = ""
+      if not os.path.exists(path):
+        # 4 generated crystals stand in (the same feature shapes).
+        self.inputs, self._fingerprint = [], None
+        path = self.cache_path(4)
+        if not os.path.exists(path):
+          self._build(path, 4)
+      return path
+    path = self.cache_path()
+    if not os.path.exists(path):
+      self._build(path, self.n)
+    return path
+
+  def _build(self, path: str, n: int):
+    logging.info("building the CrysGNN corpus %s (%d generated + %d input "
+                 "paths; once)", path, n, len(self.inputs))
+    inputs = self.settings()["inputs"]
+    if self.workers <= 1:
+      build_corpus(path, n, self.seed, 1, inputs, self.mix, self.max_atoms,
+                   self.timeout_s, log=logging.info)
+      return
+    # Worker pools fork; forking a (multithreaded JAX) training process is
+    # unsafe, so the CLI runs in a fresh interpreter.
+    cmd = [sys.executable, "-m", "crystal.crysgnn.corpus", f"--out={path}",
+           f"--n={n}", f"--seed={self.seed}", f"--workers={self.workers}",
+           f"--max_atoms={self.max_atoms}", f"--timeout={self.timeout_s}",
+           "--mix", *map(str, self.mix)]
+    if inputs:
+      cmd += ["--inputs", *inputs]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root] + [p for p in [env.get("PYTHONPATH")] if p])
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                         check=False)
+    if res.returncode:
+      raise DataError(path, f"corpus build failed:\n{res.stderr[-2000:]}")
+
+
+def fingerprint(paths: Sequence[str]) -> str:
+  """A hash of the input files' paths, sizes and modification times.
+
+  One ``stat`` per file (no file is read): about a second per 100K files.
+  """
+  h = hashlib.sha256()
+  for p in collect_inputs(paths):
+    st = os.stat(p)
+    h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n"
+             .encode())
+  return h.hexdigest()[:16]
+
+
+def check_input_failures(manifest_path: str, skip_invalid: bool
+                         ) -> List[str]:
+  """The user's structure files that the corpus build could not use.
+
+  Generated items that fail (a pyxtal request with no solution, a timeout)
+  are retried by design and only recorded in the manifest. A file the user
+  gave is different: unreadable or invalid, it is a ``DataError`` naming it,
+  unless ``skip_invalid``, which skips it. Returns "file: error" lines for
+  the run's data_report.json.
+  """
+  with open(manifest_path) as f:
+    failures = [x for x in json.load(f).get("failures", [])
+                if x.get("source") == "file"]
+  bad = failures
+  if bad and not skip_invalid:
+    x = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    error = x["error"].split(": ", 1)[-1] if x["error"].startswith(
+        "DataError") else x["error"]
+    if error.startswith(x["item"] + ": "):
+      error = error[len(x["item"]) + 2:]
+    raise DataError(x["item"], f"{error}{more}; "
+                    "--config.data.skip_invalid=True skips such files")
+  return [f"{x['item']}: {x['error']}" for x in bad]
 
 
 def main(argv=None):
@@ -425,7 +453,8 @@ def main(argv=None):
                  help="structure files or folders to include")
   p.add_argument("--mix", type=float, nargs=4, default=list(DEFAULT_MIX),
                  metavar=("PYXTAL", "PROTOTYPE", "BULK", "KNOWN"))
-  p.add_argument("--max_atoms", type=int, default=MAX_ATOMS)
+  p.add_argument("--max_atoms", type=int, default=MAX_ATOMS,
+                 help="size bound of generated crystals (files: any size)")
   p.add_argument("--timeout", type=float, default=ITEM_TIMEOUT_S)
   p.add_argument("--chunk_size", type=int, default=CHUNK_SIZE)
   p.add_argument("--resume", action="store_true")

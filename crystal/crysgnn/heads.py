@@ -17,9 +17,21 @@ normalised embeddings:
 * space group: Linear(D -> 230) logits from Z_G;
 * Z_G itself feeds the NT-Xent contrastive loss (``losses.nt_xent``).
 
-Pairs are never materialised across crystals: node embeddings of graph g are
-scattered into a dense block [G, P, D], P = ``max_atoms`` (static), so the
-pairwise logits are [G, P, P, 6] — O(G P^2) instead of O(N^2).
+Pairs are never materialised across crystals nor padded to the largest
+crystal: each atom u gets S = K + M pair slots (``pair_slots``), so memory is
+O(N S), linear in the batch's atoms whatever the size of its largest crystal
+(the dense [G, P, P] block of earlier versions was O(G P^2), and crystals over
+P atoms had to be dropped). The K = 12 neighbour slots hold the pairs (u, v)
+with a non-zero target (``targets.py``), evaluated exactly. The M =
+``num_background`` background slots hold the class-0 pairs: every v of u's
+crystal when it has n <= M atoms (the full loss, exactly), otherwise a
+systematic sample v_s = floor((s + φ_u) n / M), s = 0..M-1, with a uniform
+phase φ_u per atom (fresh from the RNG in training, a fixed key in
+evaluation), which picks every v with probability exactly M / n, so each kept
+sample counts n / M times: an unbiased estimate of the class-0 sum. The
+normaliser (Σ class weights over all n^2 pairs) is known exactly from the
+neighbour slots (``losses.connectivity_terms``), so the sampled loss is an
+unbiased estimate of the full one.
 """
 from __future__ import annotations
 
@@ -35,6 +47,9 @@ from noisy_nodes import nn as nn_lib
 NUM_CONNECTIVITY_CLASSES = 6
 NUM_NODE_FEATURES = 92
 NUM_SPACE_GROUPS = 230
+# M: crystals up to this size get the exact all-pairs loss (48 = the size cap
+# of earlier versions, so every crystal they trained on keeps its loss).
+NUM_BACKGROUND = 48
 
 
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
@@ -60,46 +75,60 @@ def crystal_embedding(z: jnp.ndarray, graph: jraph.GraphsTuple) -> jnp.ndarray:
                              mask=graph.nodes["mask"])
 
 
-def node_slots(graph: jraph.GraphsTuple, max_atoms: int
-               ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-  """Position of every node in the dense [G, P] block.
+def pair_slots(graph: jraph.GraphsTuple, num_background: int,
+               rng: Optional[jax.Array] = None
+               ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Every atom's connectivity pair slots (module docstring).
 
+  Args:
+    graph: padded batch; its neighbour slots are
+      ``nodes['connectivity_partner']`` [N, K] (``targets.py``) when present
+      (K = 0 otherwise: a teacher's or an unlabelled batch).
+    num_background: M, background slots per atom.
+    rng: draws the phases φ_u; None: a fixed key (deterministic evaluation).
   Returns:
-    graph_index [N] int, slot [N] int (index of the node within its crystal),
-    valid [N] bool: a real node whose slot is < ``max_atoms``. Padding nodes
-    (and, defensively, atoms beyond P — the host side rejects such crystals
-    in ``targets.connectivity_target``) are not valid.
+    partner [N, K + M] int32: local index v of the pair (u, v) in u's
+    crystal, -1 for an unused slot; multiplicity [N, K + M] float32: how many
+    pairs the slot stands for (1 for neighbour slots and enumerated
+    background pairs, n / M for sampled ones, 0 for unused slots and for
+    background pairs already in one of u's neighbour slots).
   """
-  num_nodes = graph.nodes["mask"].shape[0]
+  mask = graph.nodes["mask"]
+  num_nodes = mask.shape[0]
   gidx = nn_lib.node_graph_index(graph.n_node, num_nodes)
-  offsets = jnp.cumsum(graph.n_node) - graph.n_node
-  slot = jnp.arange(num_nodes) - offsets[gidx]
-  valid = graph.nodes["mask"] & (slot < max_atoms)
-  return gidx, slot, valid
-
-
-def to_dense_block(x: jnp.ndarray, graph: jraph.GraphsTuple, max_atoms: int,
-                   fill=0) -> jnp.ndarray:
-  """Scatters per-node rows [N, ...] into a [G, P, ...] block (``fill`` where
-  no real node sits). Out-of-block nodes are dropped, not wrapped."""
-  gidx, slot, valid = node_slots(graph, max_atoms)
-  num_graphs = graph.n_node.shape[0]
-  # Invalid nodes get an out-of-range graph index so mode='drop' skips them.
-  gidx = jnp.where(valid, gidx, num_graphs)
-  block = jnp.full((num_graphs, max_atoms) + x.shape[1:], fill, x.dtype)
-  return block.at[gidx, slot].set(x, mode="drop")
-
-
-def dense_node_mask(graph: jraph.GraphsTuple, max_atoms: int) -> jnp.ndarray:
-  """[G, P] bool: True where a real atom occupies the slot."""
-  return to_dense_block(graph.nodes["mask"], graph, max_atoms, fill=False)
+  n = jnp.asarray(graph.n_node)[gidx].astype(jnp.int32)[:, None]  # [N, 1]
+  m = int(num_background)
+  s = jnp.arange(m, dtype=jnp.int32)[None, :]                    # [1, M]
+  key = jax.random.PRNGKey(0) if rng is None else rng
+  phase = jax.random.uniform(key, (num_nodes, 1))
+  sampled = n > m
+  stride = n.astype(jnp.float32) / m
+  drawn = jnp.minimum(jnp.floor((s + phase) * stride).astype(jnp.int32),
+                      n - 1)
+  background = jnp.where(sampled, drawn, s)
+  bg_valid = mask[:, None] & (sampled | (s < n))
+  bg_mult = jnp.where(sampled, stride, 1.0)
+  if "connectivity_partner" in graph.nodes:
+    nb = graph.nodes["connectivity_partner"].astype(jnp.int32)  # [N, K]
+  else:
+    nb = jnp.zeros((num_nodes, 0), jnp.int32)
+  nb_valid = mask[:, None] & (nb >= 0)
+  # A pair in a neighbour slot is not counted again in the background.
+  hit = jnp.any((background[:, :, None] == nb[:, None, :]) &
+                nb_valid[:, None, :], axis=-1)
+  bg_valid = bg_valid & ~hit
+  partner = jnp.concatenate([jnp.where(nb_valid, nb, -1),
+                             jnp.where(bg_valid, background, -1)], 1)
+  mult = jnp.concatenate([nb_valid.astype(jnp.float32),
+                          jnp.where(bg_valid, bg_mult, 0.0)], 1)
+  return partner, mult
 
 
 class Bilinear(hk.Module):
   """y_k = x1^T W_k x2 + b_k (torch ``nn.Bilinear``), batched over pairs.
 
-  ``pairwise(a, b)`` evaluates it for every pair of rows of a [G, P, D1] and
-  b [G, Q, D2] -> [G, P, Q, K] without materialising [G, P, Q, D] inputs.
+  ``rows(a, b)`` evaluates it for each row of a [N, D1] against its S
+  partners b [N, S, D2] -> [N, S, K].
   """
 
   def __init__(self, in1: int, in2: int, out: int, name: Optional[str] = None):
@@ -113,10 +142,10 @@ class Bilinear(hk.Module):
     b = hk.get_parameter("b", (self.out,), dtype, init)
     return w, b
 
-  def pairwise(self, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  def rows(self, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     w, bias = self._params(a.dtype)
-    aw = jnp.einsum("gpd,kde->gpke", a, w)      # [G, P, K, D2]
-    return jnp.einsum("gpke,gqe->gpqk", aw, b) + bias
+    aw = jnp.einsum("nd,kde->nke", a, w)        # [N, K, D2]
+    return jnp.einsum("nke,nse->nsk", aw, b) + bias
 
   def __call__(self, x1: jnp.ndarray, x2: jnp.ndarray) -> jnp.ndarray:
     w, bias = self._params(x1.dtype)
@@ -129,17 +158,20 @@ class CrysGNNHeads(hk.Module):
   Call with the encoder's raw node embeddings [N, D] and the padded batch;
   returns a dict:
     ``node_embedding_normalized`` [N, D], ``crystal_embedding`` [G, D],
-    ``feature_logits`` [N, F], ``connectivity_logits`` [G, P, P, 6]
-    (entry [g, i, j] = ordered pair (i-th atom, j-th atom) of crystal g),
-    ``space_group_logits`` [G, 230] (class c = space group c + 1).
+    ``feature_logits`` [N, F], ``connectivity_logits`` [N, S, 6] (slot s of
+    atom u: the pair (u, ``connectivity_partner[u, s]``), a local index),
+    ``connectivity_partner`` / ``connectivity_multiplicity`` [N, S]
+    (``pair_slots``), ``space_group_logits`` [G, 230] (class c = space
+    group c + 1).
   """
 
-  def __init__(self, max_atoms: int, num_node_features: int = NUM_NODE_FEATURES,
+  def __init__(self, num_background: int = NUM_BACKGROUND,
+               num_node_features: int = NUM_NODE_FEATURES,
                num_space_groups: int = NUM_SPACE_GROUPS,
                num_connectivity_classes: int = NUM_CONNECTIVITY_CLASSES,
                name: Optional[str] = "crysgnn_heads"):
     super().__init__(name=name)
-    self.max_atoms = int(max_atoms)
+    self.num_background = int(num_background)
     self.num_node_features = num_node_features
     self.num_space_groups = num_space_groups
     self.num_classes = num_connectivity_classes
@@ -152,15 +184,23 @@ class CrysGNNHeads(hk.Module):
     z_graph = crystal_embedding(z, graph)
     feature_logits = hk.Linear(self.num_node_features,
                                name="feature_decoder")(z)
-    block = to_dense_block(z, graph, self.max_atoms)          # [G, P, D]
+    partner, mult = pair_slots(graph, self.num_background,
+                               hk.maybe_next_rng_key())
+    num_nodes = z.shape[0]
+    gidx = nn_lib.node_graph_index(graph.n_node, num_nodes)
+    offsets = jnp.cumsum(graph.n_node) - graph.n_node
+    other = jnp.where(partner >= 0, partner + offsets[gidx][:, None],
+                      jnp.arange(num_nodes)[:, None])             # [N, S]
     pair = Bilinear(dim, dim, self.num_classes,
-                    name="connectivity_bilinear").pairwise(block, block)
+                    name="connectivity_bilinear").rows(z, z[other])
     conn_logits = hk.Linear(self.num_classes, name="connectivity_out")(pair)
     sg_logits = hk.Linear(self.num_space_groups,
                           name="space_group_decoder")(z_graph)
     return {"node_embedding_normalized": z, "crystal_embedding": z_graph,
             "feature_logits": feature_logits,
             "connectivity_logits": conn_logits,
+            "connectivity_partner": partner,
+            "connectivity_multiplicity": mult,
             "space_group_logits": sg_logits}
 
 
@@ -171,16 +211,17 @@ class CrysGNNPretrainModel(hk.Module):
   a dict with ``node_embedding``; its other outputs are passed through.
   """
 
-  def __init__(self, encoder, max_atoms: int,
+  def __init__(self, encoder, num_background: int = NUM_BACKGROUND,
                num_node_features: int = NUM_NODE_FEATURES,
                name: Optional[str] = "crysgnn"):
     super().__init__(name=name)
     self.encoder = encoder
-    self.max_atoms = max_atoms
+    self.num_background = num_background
     self.num_node_features = num_node_features
 
   def __call__(self, graph: jraph.GraphsTuple, is_training: bool):
     outputs = dict(self.encoder(graph, is_training))
-    outputs.update(CrysGNNHeads(self.max_atoms, self.num_node_features)(
+    outputs.update(CrysGNNHeads(self.num_background,
+                                 self.num_node_features)(
         outputs["node_embedding"], graph))
     return outputs

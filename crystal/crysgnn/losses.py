@@ -4,10 +4,13 @@ L_pretrain = α L_FR + β L_CR + γ L_SG + λ L_NTXent            (eq. 2)
 
 * L_FR: BCE-with-logits between ``feature_logits`` [N, 92] and the binned
   node features ``graph.nodes['features']``, mean over real nodes × features.
-* L_CR: class-weighted cross-entropy of ``connectivity_logits`` [G, P, P, 6]
-  against ``graph.nodes['connectivity']`` [N, P] (see ``targets.py``; -1 =
-  ignore), weights [0.1, 1, 1, 1, 1, 1], normalised by the summed weights of
-  the real pairs (torch ``nll_loss(weight=...)``).
+* L_CR: class-weighted cross-entropy over every ordered atom pair (u, v) of
+  each crystal, weights [0.1, 1, 1, 1, 1, 1], normalised by the summed
+  weights of those pairs (torch ``nll_loss(weight=...)``). The pairs come
+  from the heads' slots (``heads.pair_slots``: the non-zero targets
+  ``graph.nodes['connectivity_count']`` exactly, the class-0 rest enumerated
+  up to M atoms per crystal and sampled without bias above), the normaliser
+  exactly from the counts (``connectivity_terms``).
 * L_SG: cross-entropy of ``space_group_logits`` [G, 230] against
   ``graph.globals['space_group']`` (1..230), mean over real crystals.
 * L_NTXent (eq. 1) on crystal embeddings with temperature 0.07; positives are
@@ -61,31 +64,50 @@ def feature_reconstruction_loss(logits: jnp.ndarray, features: jnp.ndarray,
   return jnp.sum(bce * m[:, None]), jnp.sum(m) * x.shape[-1]
 
 
-def connectivity_loss(logits: jnp.ndarray, targets: jnp.ndarray,
-                      class_weights: Sequence[float] = CLASS_WEIGHTS
-                      ) -> SumCount:
-  """Weighted cross-entropy over the ordered atom pairs of each crystal.
+def connectivity_terms(outputs: Mapping[str, jnp.ndarray],
+                       graph: jraph.GraphsTuple,
+                       class_weights: Sequence[float] = CLASS_WEIGHTS
+                       ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Per-atom parts of L_CR over the pairs (u, ·) of u's crystal.
 
   Args:
-    logits: [G, P, P, C]; targets: [G, P, P] int, class 0..C-1 or -1 (ignore:
-      padding slots, padding graphs).
+    outputs: ``connectivity_logits`` [N, K + M, C] and
+      ``connectivity_multiplicity`` [N, K + M] of ``heads.CrysGNNHeads``.
+    graph: the batch with ``nodes['connectivity_count']`` [N, K] (the
+      targets of the K neighbour slots; background slots are class 0).
   Returns:
-    (Σ w[t] · -log p[t], Σ w[t]) over the pairs with t >= 0.
+    (nll [N], weight [N]): Σ_v w[t_uv] · -log p_uv[t_uv] (estimated with the
+    slots' multiplicities when u's crystal has more than M atoms) and
+    Σ_v w[t_uv], exact: Σ of the neighbour slots' weights + w[0] times the
+    crystal's remaining atoms. Zero for padding nodes.
   """
+  logits = outputs["connectivity_logits"]
+  mult = outputs["connectivity_multiplicity"].astype(logits.dtype)
+  count = graph.nodes["connectivity_count"].astype(jnp.int32)     # [N, K]
+  num_nodes, k = count.shape
   w = jnp.asarray(class_weights, logits.dtype)
-  valid = targets >= 0
-  t = jnp.where(valid, targets, 0)
+  t = jnp.concatenate(
+      [count, jnp.zeros((num_nodes, logits.shape[1] - k), jnp.int32)], 1)
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, t[..., None], axis=-1)[..., 0]
-  wt = jnp.where(valid, w[t], 0.0)
-  return jnp.sum(wt * nll), jnp.sum(wt)
+  total = jnp.sum(mult * w[t] * nll, axis=1)
+  nb = mult[:, :k] > 0
+  gidx = nn_lib.node_graph_index(graph.n_node, num_nodes)
+  n = jnp.asarray(graph.n_node)[gidx].astype(logits.dtype)
+  weight = (jnp.sum(jnp.where(nb, w[count], 0.0), axis=1) +
+            w[0] * (n - jnp.sum(nb, axis=1)))
+  real = graph.nodes["mask"]
+  return jnp.where(real, total, 0.0), jnp.where(real, weight, 0.0)
 
 
-def connectivity_target_block(graph: jraph.GraphsTuple) -> jnp.ndarray:
-  """[G, P, P] targets from ``nodes['connectivity']`` [N, P] (-1 elsewhere)."""
-  conn = graph.nodes["connectivity"]
-  return heads_lib.to_dense_block(conn.astype(jnp.int32), graph,
-                                  conn.shape[1], fill=-1)
+def connectivity_loss(outputs: Mapping[str, jnp.ndarray],
+                      graph: jraph.GraphsTuple,
+                      class_weights: Sequence[float] = CLASS_WEIGHTS
+                      ) -> SumCount:
+  """(Σ w[t] · -log p[t], Σ w[t]) over the ordered atom pairs of every real
+  crystal (``connectivity_terms`` summed over atoms)."""
+  total, weight = connectivity_terms(outputs, graph, class_weights)
+  return jnp.sum(total), jnp.sum(weight)
 
 
 def space_group_loss(logits: jnp.ndarray, space_group: jnp.ndarray,
@@ -176,7 +198,8 @@ def crysgnn_pretrain_loss(
   Args:
     outputs: ``CrysGNNHeads`` outputs.
     graph: padded batch with ``nodes['features']`` [N, 92],
-      ``nodes['connectivity']`` [N, P], ``globals['space_group']`` [G(,1)]
+      ``nodes['connectivity_count']`` [N, 12],
+      ``globals['space_group']`` [G(,1)]
       (1..230) and ``globals['crystal_system']`` [G(,1)] (0..6), plus masks.
     weights: α, β, γ, λ as {'feature', 'connectivity', 'space_group',
       'contrastive'} or a 4-sequence; default 0.25 each.
@@ -195,9 +218,7 @@ def crysgnn_pretrain_loss(
           outputs["feature_logits"],
           graph.nodes["features"].astype(outputs["feature_logits"].dtype),
           node_mask),
-      "connectivity": connectivity_loss(
-          outputs["connectivity_logits"], connectivity_target_block(graph),
-          class_weights),
+      "connectivity": connectivity_loss(outputs, graph, class_weights),
       "space_group": space_group_loss(
           outputs["space_group_logits"], graph.globals["space_group"],
           graph_mask),

@@ -13,11 +13,15 @@ receiver, ties broken by (distance, sender, shift). The reference sorts
 pymatgen's neighbours by distance only, so exactly tied 12th/13th neighbours
 may be chosen differently; counts are otherwise identical.
 
-Storage: a crystal with n atoms gets ``node_arrays['connectivity']`` int32
-[n, P]: row i = counts to atoms j = 0..n-1, then -1 (= ignore) up to P, the
-static maximum crystal size of the batch. Being per-node, it rides along the
-normal node batching/padding; ``losses.connectivity_target_block`` rebuilds
-the per-crystal [G, P, P] blocks on device.
+Storage (linear in the crystal's size, no size cap): a row has at most
+``num_neighbors`` (12) non-zero targets, so a crystal with n atoms gets
+``node_arrays['connectivity_partner']`` int32 [n, 12] (the local indices j
+with a non-zero count, ascending, -1 = empty slot) and
+``node_arrays['connectivity_count']`` int32 [n, 12] (their counts 1..5, 0 in
+empty slots); every other pair (i, j) of the crystal is class 0. Being
+per-node, both ride along the normal node batching/padding; the heads
+evaluate these pairs exactly and the class-0 rest by enumeration or sampling
+(``heads.pair_slots``, ``losses.connectivity_terms``).
 """
 from __future__ import annotations
 
@@ -47,28 +51,43 @@ def connectivity_counts(structure: Structure, num_neighbors: int = NUM_NEIGHBORS
   return np.minimum(counts, cap).astype(np.int32)
 
 
-def connectivity_target(structure: Structure, max_atoms: int,
+def sparse_connectivity(counts: np.ndarray, slots: int = NUM_NEIGHBORS
+                        ) -> Tuple[np.ndarray, np.ndarray]:
+  """[n, n] counts -> (partner [n, slots] int32, count [n, slots] int32): the
+  non-zero entries of each row, ascending j, padded with -1 / 0."""
+  n = counts.shape[0]
+  rows, cols = np.nonzero(counts)          # row-major: ascending j per row.
+  rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+  if len(rows) and rank.max() >= slots:
+    raise ValueError(f"a row has {int(rank.max()) + 1} non-zero targets, "
+                     f"more than {slots} slots")
+  partner = np.full((n, slots), IGNORE, np.int32)
+  count = np.zeros((n, slots), np.int32)
+  partner[rows, rank] = cols
+  count[rows, rank] = counts[rows, cols]
+  return partner, count
+
+
+def connectivity_target(structure: Structure,
                         num_neighbors: int = NUM_NEIGHBORS,
                         cutoff: float = CUTOFF, cap: int = MAX_COUNT
-                        ) -> np.ndarray:
-  """[n, max_atoms] int32 counts padded with -1; DataError if n > max_atoms."""
-  n = structure.num_atoms
-  if n > max_atoms:
-    raise DataError(structure.id, f"{n} atoms exceed the connectivity block "
-                    f"size max_atoms={max_atoms}")
-  out = np.full((n, max_atoms), IGNORE, np.int32)
-  out[:, :n] = connectivity_counts(structure, num_neighbors, cutoff, cap)
-  return out
+                        ) -> Dict[str, np.ndarray]:
+  """``connectivity_partner`` / ``connectivity_count`` [n, num_neighbors]
+  (module docstring): the crystal's non-zero connectivity targets."""
+  counts = connectivity_counts(structure, num_neighbors, cutoff, cap)
+  partner, count = sparse_connectivity(counts, num_neighbors)
+  return {"connectivity_partner": partner, "connectivity_count": count}
 
 
-def pretrain_labels(structure: Structure, max_atoms: int,
+def pretrain_labels(structure: Structure,
                     num_neighbors: int = NUM_NEIGHBORS, cutoff: float = CUTOFF
                     ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
   """Per-node and per-graph arrays a CrysGNN pre-training sample needs.
 
   Returns:
     (extra_nodes, extra_globals) to add to the featurised single graph:
-    nodes ``connectivity`` int32 [n, P]; globals ``space_group`` int32 [1]
+    nodes ``connectivity_partner`` / ``connectivity_count`` int32 [n, 12];
+    globals ``space_group`` int32 [1]
     (1..230) and ``crystal_system`` int32 [1] (0..6). Symmetry labels come from
     ``structure.targets`` when present (the corpus stores them), otherwise
     they are detected with spglib.
@@ -83,8 +102,7 @@ def pretrain_labels(structure: Structure, max_atoms: int,
   else:
     labels = symmetry.symmetry_labels(structure)
     sg, cs = labels["space_group"], labels["crystal_system"]
-  nodes = {"connectivity": connectivity_target(structure, max_atoms,
-                                               num_neighbors, cutoff)}
+  nodes = connectivity_target(structure, num_neighbors, cutoff)
   glob = {"space_group": np.array([sg], np.int32),
           "crystal_system": np.array([cs], np.int32)}
   return nodes, glob
