@@ -178,7 +178,7 @@ def _plan(files: Sequence[str], n: int, chunk_size: int, out: str
   """The corpus's chunks: [(tasks, npz path, reusable)].
 
   Files are cut into chunks at content-defined boundaries (after a file
-  whose path hash is 0 mod ``chunk_size``, or after 4 x ``chunk_size``
+  whose name's hash is 0 mod ``chunk_size``, or after 4 x ``chunk_size``
   files) and each chunk is named by a hash of its files' (path, size,
   mtime) and the labelling tolerances: adding, removing or rewriting one
   file of an 800K folder converts one or two chunks again, every other chunk
@@ -190,7 +190,10 @@ def _plan(files: Sequence[str], n: int, chunk_size: int, out: str
   groups, cur = [], []
   for p in files:
     cur.append(p)
-    h = int(hashlib.sha256(os.path.abspath(p).encode()).hexdigest()[:12], 16)
+    # The file name decides (not the folder's place: a moved folder keeps
+    # its boundaries).
+    h = int(hashlib.sha256(os.path.basename(p).encode()).hexdigest()[:12],
+            16)
     if h % max(1, chunk_size) == 0 or len(cur) >= 4 * chunk_size:
       groups.append(cur)
       cur = []
