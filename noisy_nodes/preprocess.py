@@ -32,11 +32,19 @@ from noisy_nodes import errors
 from noisy_nodes.data import shards as shards_lib
 from noisy_nodes.data.structures import DataError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/oc20.py.", lock_config=True)
-_OUT = flags.DEFINE_string("out", None, "Output folder of the shards.")
-_WORKERS = flags.DEFINE_integer("workers", 2, "Processes writing shards.")
-_SHARD_SIZE = flags.DEFINE_integer("shard_size", 5000, "Samples per shard.")
+
+def _define_flags():
+  """The command's flags, defined only when it runs as a program: importing
+  this module (tests, ``preprocess()`` from Python) beside
+  ``noisy_nodes.train`` must not define ``--config`` twice."""
+  return dict(
+      config=config_flags.DEFINE_config_file(
+          "config", None, "Config file, e.g. configs/oc20.py.",
+          lock_config=True),
+      out=flags.DEFINE_string("out", None, "Output folder of the shards."),
+      workers=flags.DEFINE_integer("workers", 2, "Processes writing shards."),
+      shard_size=flags.DEFINE_integer("shard_size", 5000,
+                                      "Samples per shard."))
 
 _W: Dict[str, Any] = {}
 
@@ -154,15 +162,18 @@ def preprocess(config, out: str, workers: int = 2, shard_size: int = 5000
   return manifest
 
 
-def main(argv):
+def main(argv, cli):
   if len(argv) > 1:
     raise errors.ConfigError("command line", f"unexpected arguments "
                              f"{argv[1:]}")
-  if errors.loaded_config(_CONFIG) is None or not _OUT.value:
+  if errors.loaded_config(cli["config"]) is None or not cli["out"].value:
     raise errors.ConfigError("--config and --out", "are required")
-  errors.run_cli(lambda: preprocess(_CONFIG.value, _OUT.value, _WORKERS.value,
-                                    _SHARD_SIZE.value))
+  errors.run_cli(lambda: preprocess(cli["config"].value, cli["out"].value,
+                                    cli["workers"].value,
+                                    cli["shard_size"].value))
 
 
 if __name__ == "__main__":
-  errors.run_cli(lambda: app.run(main, flags_parser=errors.parse_flags))
+  _CLI = _define_flags()
+  errors.run_cli(lambda: app.run(lambda argv: main(argv, _CLI),
+                                 flags_parser=errors.parse_flags))
