@@ -14,22 +14,21 @@ k-fold cross-validation uses k nearly equal folds of one permutation.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 import jraph
 
 from noisy_nodes.data.structures import DataError, Structure
+from noisy_nodes.data.workers import single_threaded_children
 
 CACHE_VERSION = 1
 _SECTIONS = ("nodes", "edges", "globals")
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 # -- keys -----------------------------------------------------------------------------
@@ -138,26 +137,6 @@ def load_graphs(path: str) -> Tuple[List[jraph.GraphsTuple], List[str], dict]:
 
 
 # -- building -----------------------------------------------------------------------------
-@contextlib.contextmanager
-def single_threaded_children() -> Iterator[None]:
-  """Sets OMP/OpenBLAS/MKL threads to 1 in the environment children inherit.
-
-  Spawned workers read these before their numpy import; two workers with
-  threaded BLAS run several times slower (docs/benchmarks.md). The parent's
-  already-loaded BLAS is unaffected; its environment is restored on exit.
-  """
-  old = {k: os.environ.get(k) for k in _THREAD_VARS}
-  os.environ.update({k: "1" for k in _THREAD_VARS})
-  try:
-    yield
-  finally:
-    for k, v in old.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-
-
 def worker_pool(num_workers: int):
   """A spawn-context ``multiprocessing.Pool`` of single-threaded workers.
 

@@ -141,8 +141,6 @@ def make_item(task: Tuple[str, Any], seed: int, mix: Sequence[float],
       signal.signal(signal.SIGALRM, old)
 
 
-
-
 def _worker_init():
   for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = "1"

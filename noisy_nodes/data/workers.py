@@ -21,6 +21,7 @@ executor's detection time (well under a second).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import os
@@ -28,7 +29,7 @@ import signal
 import time
 import traceback
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from noisy_nodes.data.structures import DataError
 
@@ -42,6 +43,24 @@ class WorkerError(RuntimeError):
 # -- inside a worker -------------------------------------------------------------
 _WORKER: dict = {}
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def single_threaded_children(**extra: str) -> Iterator[None]:
+  """Sets OMP/OpenBLAS/MKL threads to 1 (and ``extra`` variables) in the
+  environment child processes inherit, restoring it on exit.
+
+  Spawned workers read these before their numpy import: K workers with a
+  BLAS thread per core oversubscribe the host (docs/benchmarks.md). The
+  parent's already-loaded BLAS is unaffected.
+  """
+  old = dict(os.environ)
+  os.environ.update({k: "1" for k in _THREAD_VARS}, **extra)
+  try:
+    yield
+  finally:
+    os.environ.clear()
+    os.environ.update(old)
 
 
 def _init(task_cls, config_json: str, task_state: Mapping[str, Any], source,
@@ -115,30 +134,26 @@ class FeaturizePool:
     # One thread each (BLAS/OpenMP in numpy and the neighbour search: K
     # workers with a thread per core oversubscribe the host), no accelerator:
     # set while the workers spawn, before they import numpy and JAX.
-    saved = dict(os.environ)
-    os.environ.update({k: "1" for k in _THREAD_VARS}, JAX_PLATFORMS="cpu")
-    self._pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=self.workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init,
-        initargs=(task_cls, config.to_json_best_effort(), dict(task_state),
-                  source,
-                  int(seed), bool(randomized)))
-    # Start every worker now (the executor spawns on demand) and learn their
-    # pids, to name one that dies.
-    try:
-      warm = [self._pool.submit(_pid, k) for k in range(self.workers)]
-      self._procs = dict(getattr(self._pool, "_processes", {}) or {})
-      self.pids = sorted({f.result() for f in warm})
-    except (BrokenProcessPool, RuntimeError) as e:
-      self._pool.shutdown(wait=False, cancel_futures=True)
-      raise WorkerError(
-          f"data.workers={self.workers}: the worker processes did not start "
-          f"({e}); they are spawned, so a script that trains must guard its "
-          f"entry point with `if __name__ == '__main__':`") from None
-    finally:
-      os.environ.clear()
-      os.environ.update(saved)
+    with single_threaded_children(JAX_PLATFORMS="cpu"):
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+          max_workers=self.workers,
+          mp_context=multiprocessing.get_context("spawn"),
+          initializer=_init,
+          initargs=(task_cls, config.to_json_best_effort(), dict(task_state),
+                    source,
+                    int(seed), bool(randomized)))
+      # Start every worker now (the executor spawns on demand) and learn their
+      # pids, to name one that dies.
+      try:
+        warm = [self._pool.submit(_pid, k) for k in range(self.workers)]
+        self._procs = dict(getattr(self._pool, "_processes", {}) or {})
+        self.pids = sorted({f.result() for f in warm})
+      except (BrokenProcessPool, RuntimeError) as e:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        raise WorkerError(
+            f"data.workers={self.workers}: the worker processes did not start "
+            f"({e}); they are spawned, so a script that trains must guard its "
+            f"entry point with `if __name__ == '__main__':`") from None
     self._procs.update(getattr(self._pool, "_processes", {}) or {})
     self.startup_seconds = time.time() - t0
     self._closed = False

@@ -40,6 +40,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from noisy_nodes.data.structures import Structure
+from noisy_nodes.data.workers import single_threaded_children
 
 VERSION = 1
 METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
@@ -240,21 +241,6 @@ def _limit_blas_threads():
   return threadpool_limits(1)
 
 
-@contextlib.contextmanager
-def _pinned_threads():
-  keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-  old = {k: os.environ.get(k) for k in keys}
-  os.environ.update({k: "1" for k in keys})
-  try:
-    yield
-  finally:
-    for k, v in old.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-
-
 _LOG_SECONDS = 30.0  # progress line interval while generating
 
 
@@ -273,7 +259,7 @@ def generate_structures(n: int, seed: int, workers: int = 2,
   t0 = last_log = time.time()
   try:
     if workers >= 1:
-      with _pinned_threads():  # inherited by the spawned interpreters
+      with single_threaded_children():  # inherited by the spawned interpreters
         pool = multiprocessing.get_context("spawn").Pool(workers)
     while len(out) < n:
       # Over-ask a little so a few non-converged samples need no extra round.
