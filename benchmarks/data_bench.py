@@ -14,8 +14,11 @@ Nodes at the demo width (``configs/oc20.py:demo``):
 
 * seconds from process start to the first training batch and to the first
   training step (which includes compiling the step) on the raw LMDBs, then
-  after ``noisy_nodes.preprocess``; goals <= 60 s raw, <= 10 s preprocessed
-  (the data part: the compile is the same in both);
+  after ``noisy_nodes.preprocess``; goals <= 60 s raw, <= 10 s preprocessed.
+  The runs share a fresh persistent compilation cache (``NN_COMPILATION_CACHE``
+  in the temporary folder): the raw run compiles cold; the preprocessed run
+  reuses its programs where the batch budget is the same, and is run a
+  second time to show a restart's start-up with a warm cache;
 * the training process's peak RSS after ``--steps`` steps on the big folder
   and on the small one (goal: <= 2 GB and within 1.25x);
 * the input pipeline alone (featurise with noise + pack), systems/s with
@@ -134,7 +137,8 @@ def run_child(path, steps, workers=0):
   cmd = [sys.executable, os.path.abspath(__file__), "--child", path,
          "--steps", str(steps), "--workers", str(workers)]
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             NN_COMPILATION_CACHE=os.path.join(os.path.dirname(path), "xla"))
   out = subprocess.run(cmd, capture_output=True, text=True, env=env,
                        check=False)
   for line in out.stdout.splitlines():
@@ -213,13 +217,16 @@ def main():
           flush=True)
     raw = run_child(raw_big, steps)
     pre = run_child(shards, steps)
+    warm = run_child(shards, max(steps // 10, 3))
     ref = run_child(raw_small, steps)
     print(f"first batch / first step (s), raw LMDBs:   "
           f"{raw['first_batch_s']:.1f} / {raw['first_step_s']:.1f}  "
-          f"(goal <= 60)")
+          f"(goal <= 60; compiles cold)")
     print(f"first batch / first step (s), preprocessed: "
-          f"{pre['first_batch_s']:.1f} / {pre['first_step_s']:.1f}  "
-          f"(goal <= 10; the step's compile is the same in both)")
+          f"{pre['first_batch_s']:.1f} / {pre['first_step_s']:.1f}, "
+          f"restarted: {warm['first_batch_s']:.1f} / "
+          f"{warm['first_step_s']:.1f}  (goal <= 10; persistent compilation "
+          f"cache)")
     ratio = raw["peak_rss_mb"] / ref["peak_rss_mb"]
     print(f"peak RSS after {steps} steps: {raw['peak_rss_mb']:.0f} MB with "
           f"{big:,} systems, {ref['peak_rss_mb']:.0f} MB with {small:,} "

@@ -23,6 +23,7 @@ from noisy_nodes import api
 from noisy_nodes import errors
 from noisy_nodes.engine import logger
 from noisy_nodes.engine import parallel
+from noisy_nodes.engine import runtime
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 _SPLIT = flags.DEFINE_string(
@@ -60,6 +61,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
 def main(argv):
   del argv
   logger.quiet_library_logs()
+  runtime.enable_compilation_cache()  # an eval-only run compiles its step
   if _CPU_DEVICES.value < 1:
     raise errors.ConfigError(f"--cpu_devices={_CPU_DEVICES.value}",
                              "must be >= 1")

@@ -99,6 +99,10 @@ def preprocess(config, out: str, workers: int = 2, shard_size: int = 5000
                       f"({shards_lib._diff(old.get('fingerprint'), fp)}); "  # pylint: disable=protected-access
                       "use a new --out")
   t0 = time.time()
+  if config.data.get("stats_sample", 0):
+    # Preprocessing reads every record anyway: exact statistics.
+    config = config.copy_and_resolve_references()
+    config.data.stats_sample = 0
   task = task_base.resolve_task(config.task)(config)
   splits = task.load_splits()
   if not splits.get("train"):

@@ -217,7 +217,7 @@ def test_oc20_validation_without_energies_is_an_error(tmp_path):
         db.write(slab, **({"y_relaxed": -0.5 * i} if labelled else {}))
   c = oc20.get_config("demo")
   c.data.path = str(tmp_path)
-  with pytest.raises(DataError, match=f"^{tmp_path}/val.db: validation "
+  with pytest.raises(DataError, match=f"^{tmp_path}/val.db: "
                      "structure has no 'energy_relaxed' target"):
     oc20_task.OC20Task(c).load_splits()
   c.data.skip_invalid = True

@@ -324,18 +324,24 @@ def test_submission_file_round_trips(fairchem_run, tmp_path):
   model = noisy_nodes.load(workdir, "best")
   for split in submission.SPLITS:
     structures = model.dataset(f"val_{split}")
-    assert list(got[split]["ids"]) == [s.id for s in structures]
-    want = model.predict(structures)["node_positions"]
+    assert list(got[split]["ids"]) == sorted(s.id for s in structures)
+    want = dict(zip([s.id for s in structures],
+                    model.predict(structures)["node_positions"]))
     assert len(got[split]["positions"]) == len(want)
-    for a, b in zip(got[split]["positions"], want):
-      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-  # IS2RE layout through the writer; a missing split is refused.
-  per = {s: {"ids": ["7", "8"], "energy": [0.5, -1.25]}
+    for i, a in zip(got[split]["ids"], got[split]["positions"]):
+      np.testing.assert_allclose(a, want[i], rtol=1e-6, atol=1e-6)
+  # IS2RE layout through the writer, in fairchem's sorted id (string)
+  # order; a missing split or a repeated id is refused.
+  per = {s: {"ids": ["8", "10", "7"], "energy": [0.5, -1.25, 2.0]}
          for s in submission.SPLITS}
   submission.write_submission(str(tmp_path / "is2re.npz"), "is2re", per)
   back = submission.read_submission(str(tmp_path / "is2re.npz"))
-  assert list(back["ood_cat"]["ids"]) == ["7", "8"]
-  np.testing.assert_array_equal(back["ood_cat"]["energy"], [0.5, -1.25])
+  assert list(back["ood_cat"]["ids"]) == ["10", "7", "8"]
+  np.testing.assert_array_equal(back["ood_cat"]["energy"], [-1.25, 2.0, 0.5])
+  per["id"] = {"ids": ["7", "7"], "energy": [0.0, 1.0]}
+  with pytest.raises(ValueError, match="repeated"):
+    submission.write_submission(str(tmp_path / "x.npz"), "is2re", per)
+  per["id"] = per["ood_cat"]
   del per["ood_both"]
   with pytest.raises(ValueError, match="ood_both"):
     submission.write_submission(str(tmp_path / "x.npz"), "is2re", per)
@@ -352,3 +358,46 @@ def test_mad_analysis_writes_json_and_plot(fairchem_run):
   assert len(result["updates"]) == 2 * 2 and result["num_graphs"] == 2
   assert all(0.0 <= v <= 2.0 for v in result["latents"] + result["updates"])
   assert os.path.getsize(paths["png"]) > 1000
+
+
+def test_stats_sample_and_a_missing_target_outside_it(emt_folder, tmp_path):
+  """data.stats_sample: mean/std of a seeded sample; a training record
+  without its target that the sample missed stops the stream naming it
+  (never a made-up 0), and skip_invalid skips and reports it."""
+  from noisy_nodes.data import sources
+  from noisy_nodes.gns.oc20 import legacy_lmdb, readers
+  train = readers.read_aselmdb(os.path.join(emt_folder, "train.aselmdb"))
+  rng = np.random.default_rng(0)
+  fields = []
+  for i in range(40):
+    f = _fields(train[i % len(train)], 1000 + i)
+    f["y_relaxed"] = float(rng.normal(-1.0, 0.7))
+    fields.append(f)
+  idx = sources.sample_indices(40, 12, seed=0)
+  assert len(idx) == 12 and np.all(np.diff(idx) > 0)
+  assert np.array_equal(sources.sample_indices(40, 0), np.arange(40))
+  bad = int(next(i for i in range(40) if i not in set(idx.tolist())))
+  del fields[bad]["y_relaxed"]
+  os.makedirs(tmp_path / "train")
+  legacy_lmdb.write_legacy_lmdb_for_tests(str(tmp_path / "train/data.lmdb"),
+                                          fields)
+  os.makedirs(tmp_path / "val_id")
+  legacy_lmdb.write_legacy_lmdb_for_tests(str(tmp_path / "val_id/data.lmdb"),
+                                          fields[:bad][:2])
+  c = _config(str(tmp_path))
+  c.data.stats_sample = 12
+  task = OC20Task(c)
+  splits = task.load_splits()
+  task.setup(splits["train"])
+  ys = np.array([fields[i]["y_relaxed"] for i in idx])
+  assert task.mean == pytest.approx(ys.mean(), rel=1e-9)
+  assert task.std == pytest.approx(ys.std(), rel=1e-9)
+  task.featurize(splits["train"][int(idx[0])], np.random.default_rng(0),
+                 True)
+  with pytest.raises(DataError, match=rf"data.lmdb\[{bad}\].*{1000 + bad} has no 'energy_relaxed'"):
+    task.featurize(splits["train"][bad], np.random.default_rng(0), True)
+  c.data.skip_invalid = True
+  task = OC20Task(c)
+  splits = task.load_splits()
+  assert len(splits["train"]) == 39
+  assert [l for l in task.skipped if f"data.lmdb[{bad}]" in l and "target" in l]

@@ -84,3 +84,50 @@ def test_release_free_memory_returns_heap_to_the_os():
   after = resident_kb()
   libc.free(sentinel)
   assert after < before - 100_000, (before, after)  # 190 MB freed, >100 back
+
+
+def test_compilation_cache_folder_setting(monkeypatch):
+  monkeypatch.delenv("NN_COMPILATION_CACHE", raising=False)
+  assert runtime.compilation_cache_dir("/x/y") == "/x/y"
+  assert runtime.compilation_cache_dir("off") == ""
+  assert runtime.compilation_cache_dir("~/c") == os.path.expanduser("~/c")
+  monkeypatch.setenv("NN_COMPILATION_CACHE", "/z")
+  assert runtime.compilation_cache_dir("/x/y") == "/z"
+  monkeypatch.setenv("NN_COMPILATION_CACHE", "off")
+  assert runtime.compilation_cache_dir("/x/y") == ""
+
+
+def test_compilation_cache_is_written_once_and_read_back(tmp_path):
+  """Two processes compile the same program: the second reads the first's."""
+  script = tmp_path / "compile.py"
+  script.write_text(textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, {ROOT!r})
+      import jax, jax.numpy as jnp
+      from jax._src import monitoring
+      from noisy_nodes.engine import runtime
+      hits = []
+      monitoring.register_event_listener(
+          lambda name, **kw: hits.append(name) if "cache_hits" in name
+          else None)
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+      print("dir", runtime.enable_compilation_cache({str(tmp_path / "c")!r}))
+      f = jax.jit(lambda x: jnp.sin(x) @ x.T + 1.0)
+      print("value", float(f(jnp.ones((3, 3))).sum()))
+      print("hits", len(hits))
+  """))
+  env = {k: v for k, v in os.environ.items() if k != "NN_COMPILATION_CACHE"}
+  env["JAX_PLATFORMS"] = "cpu"
+  outs = [subprocess.run([sys.executable, str(script)], env=env,
+                         capture_output=True, text=True, check=True).stdout
+          for _ in range(2)]
+  first, second = (dict(l.split(" ", 1) for l in o.splitlines())
+                   for o in outs)
+  assert first["dir"] == second["dir"] == str(tmp_path / "c")
+  assert first["value"] == second["value"]
+  assert int(first["hits"]) == 0 and int(second["hits"]) >= 1
+  assert any(tmp_path.joinpath("c").iterdir())
+  env["NN_COMPILATION_CACHE"] = "off"
+  off = subprocess.run([sys.executable, str(script)], env=env,
+                       capture_output=True, text=True, check=True).stdout
+  assert "dir \n" in off

@@ -50,7 +50,8 @@ FORMAT_VERSION = 1
 # Config entries that do not change what a shard holds (training may differ).
 _FREE_KEYS = ("train", "optim", "batch", "model")
 _FREE_DATA_KEYS = ("path", "format", "workers", "gen_workers", "limit",
-                   "cache_dir", "skip_invalid", "whole", "cache_limit")
+                   "cache_dir", "skip_invalid", "whole", "cache_limit",
+                   "stats_sample")
 
 
 def is_shard_dir(path: str) -> bool:

@@ -355,3 +355,15 @@ class _Check:
 def as_source(data: Sequence[Structure]) -> Source:
   """``data`` itself if a ``Source``, else a ``ListSource`` of it."""
   return data if isinstance(data, Source) else ListSource(data)
+
+
+def sample_indices(n: int, cap: int, seed: int = 0) -> np.ndarray:
+  """Sorted indices of a seeded uniform sample of ``min(n, cap)`` of range(n).
+
+  ``cap`` <= 0 or >= n: all of them. Sorted so that a sample of an LMDB or a
+  chunked file is read in storage order.
+  """
+  if cap <= 0 or cap >= n:
+    return np.arange(n)
+  rng = np.random.default_rng(seed)
+  return np.sort(rng.choice(n, size=cap, replace=False))

@@ -588,6 +588,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   checks.check_config(config)
   checks.check_workdir(workdir)
   parallel.log_devices()
+  cache = runtime.enable_compilation_cache(config.train.get(
+      "compilation_cache", runtime.DEFAULT_COMPILATION_CACHE))
+  logging.info("persistent compilation cache: %s", cache or "off")
   config = per_device_batch(config)
   tc = config.train
   exp = Experiment(config, workdir)

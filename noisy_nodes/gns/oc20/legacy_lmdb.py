@@ -480,7 +480,8 @@ class LegacyLmdbSource(Source):
 
   def _read(self, i: int) -> Structure:
     fields, sample = self._fields(i)
-    return data_to_structure(fields, sample, self.path)
+    # info['source'] = "FILE[i]": a fault found later names the record.
+    return data_to_structure(fields, sample, sample)
 
   def _name(self, i: int) -> str:
     fields, sample = self._scalars(i, ("sid",))

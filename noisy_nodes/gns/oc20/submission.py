@@ -6,9 +6,11 @@ split into one ``.npz``, each key prefixed by the split, for split in
 
   IS2RE  ``{split}_ids``  [S] system ids (str), ``{split}_energy`` [S] eV.
   IS2RS  ``{split}_ids``  [S], ``{split}_pos`` [sum n_s, 3] relaxed positions
-         of all systems concatenated in id order (Å), ``{split}_chunk_idx``
+         of all atoms of all systems concatenated (Å), ``{split}_chunk_idx``
          [S - 1] = cumsum(n_s)[:-1], the split points of ``np.split`` (what
          fairchem's relaxation writer saves from the systems' atom counts).
+Systems are in sorted id order (string order), as fairchem's results writer
+leaves them (``np.unique(ids, return_index=True)`` before saving).
 
 ``write_submission`` / ``read_submission`` are plain numpy;
 ``submission_from_run`` predicts the four test splits (``test_id``, ...) of a
@@ -43,17 +45,21 @@ def write_submission(path: str, kind: str,
   for split in SPLITS:
     item = per_split[split]
     ids = np.array([str(i) for i in item["ids"]])
-    out[f"{split}_ids"] = ids
+    if len(np.unique(ids)) != len(ids):
+      raise ValueError(f"{split}: repeated system ids")
+    order = np.argsort(ids, kind="stable")
+    out[f"{split}_ids"] = ids[order]
     if kind == "is2re":
       energy = np.asarray(item["energy"], np.float64).reshape(-1)
       if energy.shape != ids.shape:
         raise ValueError(f"{split}: {energy.size} energies for {ids.size} ids")
-      out[f"{split}_energy"] = energy
+      out[f"{split}_energy"] = energy[order]
     else:
       pos = [np.asarray(p, np.float64).reshape(-1, 3)
              for p in item["positions"]]
       if len(pos) != len(ids):
         raise ValueError(f"{split}: {len(pos)} systems for {ids.size} ids")
+      pos = [pos[i] for i in order]
       out[f"{split}_pos"] = (np.concatenate(pos) if pos
                              else np.zeros((0, 3)))
       out[f"{split}_chunk_idx"] = np.cumsum([len(p) for p in pos])[:-1]

@@ -41,7 +41,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import haiku as hk
 import jax.numpy as jnp
@@ -54,6 +54,7 @@ from noisy_nodes.gns import model as _gns  # noqa: F401  (registers 'gns')
 from noisy_nodes.gns import noise
 from noisy_nodes.data.graphs import structure_to_graph
 from noisy_nodes.gns.oc20 import metrics as oc20_metrics
+from noisy_nodes.data import sources
 from noisy_nodes.data.sources import Concat, Source, Subset, validated
 from noisy_nodes.data.structures import DataError, Structure
 from noisy_nodes.tasks.base import Task
@@ -281,7 +282,10 @@ class OC20Task(Task):
       splits = {k: v[:limit] for k, v in splits.items()}
     for name in list(splits):
       is_val = name == "val" or name.startswith("val_")
-      check = self._check_target if is_val and self._uses_energy() else None
+      # Training records without the target are skipped too under
+      # skip_invalid (setup may only sample them: data.stats_sample).
+      check = self._check_target if (is_val or (skip and name == "train")) and (
+          self._uses_energy()) else None
       if skip or (check is not None and len(splits[name])):
         # A validation structure without the target would silently drop
         # every validation energy metric (and the best checkpoint).
@@ -354,8 +358,8 @@ class OC20Task(Task):
 
   def _check_target(self, s: Structure, sample: str) -> None:
     if self._energy(s) is None:
-      raise DataError(sample, f"validation structure has no "
-                      f"{self.target_name!r} target")
+      raise DataError(sample, f"structure has no {self.target_name!r} "
+                      f"target")
 
   def _energy(self, s: Structure) -> Optional[float]:
     return self._target_value(s.targets)
@@ -368,37 +372,52 @@ class OC20Task(Task):
     """Target mean/std over the training split (§4: normalised targets).
 
     Reads the targets only (``source.targets(i)``: a legacy LMDB record is
-    unpickled, no structure is built), except for IS2RS, which checks every
-    structure for relaxed positions.
+    unpickled, no structure is built), except for IS2RS, which checks the
+    structures for relaxed positions. ``data.stats_sample`` > 0 reads a
+    seeded sample of at most that many training systems instead of all
+    (``sources.sample_indices``): at OC20 "all" (460,328 systems) the full
+    scan is ~80 s before the first step, while the mean/std of 100,000 is
+    within 0.3 % of the std of the exact values. A system outside the
+    sample that lacks its target stops training with a ``DataError``
+    naming it when the stream reads it (``featurize``); shards written by
+    ``noisy_nodes.preprocess`` give exact statistics from their metadata.
     """
+    idx = sources.sample_indices(len(train), int(
+        self.config.data.get("stats_sample", 0) or 0), seed=0)
     targets = (train.targets if isinstance(train, Source)
                else lambda i: train[i].targets)
-    e = [self._target_value(targets(i)) for i in range(len(train))]
-    missing = [i for i, v in enumerate(e) if v is None]
+    e = [self._target_value(targets(int(i))) for i in idx]
+    missing = [int(i) for i, v in zip(idx, e) if v is None]
     if missing and self._uses_energy():
       raise DataError(_name(train, missing[0]), f"training structure has no "
                       f"{self.target_name!r} target ({len(missing)} lack it)")
+    def sampled():  # read on demand: O(1) memory at any sample size
+      return (train[int(i)] for i in idx)
     if self.kind == "is2rs":
-      bad = [s.id for s in train if "positions_relaxed" not in s.node_arrays]
+      bad = [s.id for s in sampled()
+             if "positions_relaxed" not in s.node_arrays]
       if bad:
         raise DataError(bad[0], "IS2RS needs relaxed positions "
                         f"({len(bad)} training structures lack them)")
     e = np.array([v for v in e if v is not None], np.float64)
     if e.size:
       self.mean, self.std = float(e.mean()), float(max(e.std(), 1e-6))
-    self.position_scale = self._position_scale(train)
+    self.position_scale = self._position_scale(sampled())
     logging.info("%s target %s (%s energies): mean %.4f eV, std %.4f eV "
-                 "over %d training structures", self.kind, self.target_name,
-                 self.energy_kind, self.mean, self.std, e.size)
+                 "over %d training structures%s", self.kind, self.target_name,
+                 self.energy_kind, self.mean, self.std, e.size,
+                 "" if len(idx) == len(train) else
+                 f" (a seeded sample of {len(train):,}: data.stats_sample)")
 
-  def _position_scale(self, train: Sequence[Structure]) -> float:
+  def _position_scale(self, train: Iterable[Structure]) -> float:
     """Å per unit of the node target and output.
 
     1.0 (the paper's setting: Å, unnormalised) unless
     ``loss.normalize_position_target``: then the node target is normalised
     like the energy (§4 "mean and standard deviation normalised targets") by
     the RMS of the training target Δ - σ per coordinate, sqrt(mean Δ² + σ²),
-    Δ the relaxation displacement over the training split's atoms.  On small
+    Δ the relaxation displacement over the training split's atoms (``train``:
+    the structures ``setup`` sampled).  On small
     displacements (EMT: RMS 0.14 Å on free atoms) the unnormalised node MSE
     is ~0.1 of the normalised energy MSE: the energy term dominates.
     """
@@ -463,6 +482,11 @@ class OC20Task(Task):
       else:
         target = np.zeros((n, 3))
     e = self._energy(s)
+    if e is None and training and self._uses_energy():
+      # setup sampled the targets (data.stats_sample): never train on a
+      # made-up 0 for a system that has none.
+      raise DataError((s.info or {}).get("source", s.id), f"training "
+                      f"structure {s.id} has no {self.target_name!r} target")
     norm = 0.0 if e is None else (e - self.mean) / self.std
     return structure_to_graph(
         s, float(d.cutoff), int(d.max_neighbors) or None, positions=positions,
