@@ -3,6 +3,12 @@
 Usage:
   python benchmarks/data_bench.py            # 500,000 vs 5,000 systems, 1,000 steps
   python benchmarks/data_bench.py --quick    # 20,000 vs 2,000 systems, 30 steps (< 2 min)
+  python benchmarks/data_bench.py --only=crysgnn [--quick]   # CrysGNN half only
+  python benchmarks/data_bench.py --only=oc20 [--quick]      # OC20 half only
+
+Without ``--only`` both halves run: OC20 (below), then CrysGNN pre-training
+on a 200,000-crystal corpus (20,000 with --quick; benchmarks/crysgnn_data_bench.py
+says what it writes and prints).
 
 Writes an OC20-layout folder (``train/data.lmdb``, ``val_id/data.lmdb``) of
 legacy LMDBs of real torch_geometric-format pickles (``legacy_lmdb.data_pickle``)
@@ -98,8 +104,16 @@ def _config(path, steps, workers=0):
   return c
 
 
+def _task_config(task, path, steps, workers):
+  if task == "crysgnn":
+    from benchmarks import crysgnn_data_bench  # pylint: disable=g-import-not-at-top
+    return crysgnn_data_bench.crysgnn_config(path, steps, workers)
+  return _config(path, steps, workers)
+
+
 def _child(args):
-  """One training run: prints JSON timings and peak RSS."""
+  """One training run: prints JSON timings and peak RSS (at the last
+  step's log line, and at the end: after the final validation)."""
   t0 = time.time()
   import logging  # pylint: disable=g-import-not-at-top
   from noisy_nodes.data import batching  # pylint: disable=g-import-not-at-top
@@ -115,12 +129,15 @@ def _child(args):
 
   class Steps(logging.Handler):
     def emit(self, record):
-      if record.getMessage().startswith("step ") and "loss" in (
-          record.getMessage()):
+      msg = record.getMessage()
+      if msg.startswith("step ") and "loss" in msg:
         marks.setdefault("first_step_s", time.time() - t0)
+        if msg.startswith(f"step {args.steps}/"):
+          marks["rss_last_step_mb"] = resource.getrusage(
+              resource.RUSAGE_SELF).ru_maxrss / 1024
   logging.getLogger().addHandler(Steps())
   logging.getLogger().setLevel(logging.INFO)
-  cfg = _config(args.child, args.steps, args.workers)
+  cfg = _task_config(args.task, args.child, args.steps, args.workers)
   cfg.train.log_every = 1
   workdir = tempfile.mkdtemp(prefix="data_bench_run_")
   try:
@@ -133,9 +150,9 @@ def _child(args):
   print("RESULT " + json.dumps(marks))
 
 
-def run_child(path, steps, workers=0):
+def run_child(path, steps, workers=0, task="oc20"):
   cmd = [sys.executable, os.path.abspath(__file__), "--child", path,
-         "--steps", str(steps), "--workers", str(workers)]
+         "--steps", str(steps), "--workers", str(workers), "--task", task]
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
              NN_COMPILATION_CACHE=os.path.join(os.path.dirname(path), "xla"))
@@ -147,13 +164,16 @@ def run_child(path, steps, workers=0):
   raise RuntimeError(f"training run failed:\n{out.stderr[-3000:]}")
 
 
-def pipeline_rate(path, workers, batches):
-  """Systems/s of the noisy training stream alone (featurise + pack)."""
+def pipeline_rate(cfg, batches):
+  """The training stream of ``cfg`` alone (featurise + pack): {rate:
+  samples/s, setup_s: splits + task statistics + budget, startup_s: the
+  stream's (its workers')}."""
   from noisy_nodes.engine import trainer  # pylint: disable=g-import-not-at-top
-  cfg = _config(path, 1, workers)
+  t0 = time.time()
   exp = trainer.Experiment(cfg, "")
   exp.setup_task()
   budget = exp.budget()
+  setup = time.time() - t0
   t0 = time.time()
   stream = exp.train_stream(budget, seed=0)
   startup = time.time() - t0
@@ -164,7 +184,8 @@ def pipeline_rate(path, workers, batches):
     t0, n = time.time(), 0
     for _ in range(batches):
       n += next(it).num_graphs
-    return n / (time.time() - t0), startup
+    return {"rate": n / (time.time() - t0), "setup_s": setup,
+            "startup_s": startup}
   finally:
     stream.close()
 
@@ -178,17 +199,8 @@ def read_rate(source, count=2000, seed=0):
   return count / (time.time() - t0)
 
 
-def main():
-  p = argparse.ArgumentParser()
-  p.add_argument("--quick", action="store_true")
-  p.add_argument("--big", type=int, default=0)
-  p.add_argument("--small", type=int, default=0)
-  p.add_argument("--steps", type=int, default=0)
-  p.add_argument("--workers", type=int, default=0)
-  p.add_argument("--child", default="")
-  args = p.parse_args()
-  if args.child:
-    return _child(args)
+def oc20_main(args):
+  """The OC20 half (module docstring)."""
   big = args.big or (20_000 if args.quick else 500_000)
   small = args.small or (2_000 if args.quick else 5_000)
   steps = args.steps or (30 if args.quick else 1000)
@@ -233,14 +245,37 @@ def main():
           f"({ratio:.2f}x; goal <= 2048 MB and <= 1.25x); preprocessed "
           f"{pre['peak_rss_mb']:.0f} MB")
     batches = 40 if args.quick else 200
-    (r1, s1), (r2, s2) = (pipeline_rate(shards, 1, batches),
-                          pipeline_rate(shards, 2, batches))
-    print(f"input pipeline with noise: {r1:.0f} systems/s at K=1, {r2:.0f} at "
-          f"K=2 ({r2 / r1:.2f}x; goal >= 1.7x on an idle 2-core host; "
-          f"{os.cpu_count()} cores here); worker start-up {s1:.1f}s (K=1), "
-          f"{s2:.1f}s (K=2)")
+    k1, k2 = (pipeline_rate(_config(shards, 1, 1), batches),
+              pipeline_rate(_config(shards, 1, 2), batches))
+    print(f"input pipeline with noise: {k1['rate']:.0f} systems/s at K=1, "
+          f"{k2['rate']:.0f} at K=2 ({k2['rate'] / k1['rate']:.2f}x; goal >= "
+          f"1.7x on an idle 2-core host; {os.cpu_count()} cores here); worker "
+          f"start-up {k1['startup_s']:.1f}s (K=1), {k2['startup_s']:.1f}s "
+          "(K=2)")
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--quick", action="store_true")
+  p.add_argument("--big", type=int, default=0)
+  p.add_argument("--small", type=int, default=0)
+  p.add_argument("--steps", type=int, default=0)
+  p.add_argument("--workers", type=int, default=0)
+  p.add_argument("--child", default="")
+  p.add_argument("--task", default="oc20", choices=("oc20", "crysgnn"))
+  p.add_argument("--only", default="", choices=("", "oc20", "crysgnn"))
+  args = p.parse_args()
+  if args.child:
+    return _child(args)
+  if args.only != "crysgnn":
+    oc20_main(args)
+  if args.only != "oc20":
+    from benchmarks import crysgnn_data_bench  # pylint: disable=g-import-not-at-top
+    crysgnn_data_bench.main(
+        (["--quick"] if args.quick else []) +
+        ([f"--steps={args.steps}"] if args.steps else []))
 
 
 if __name__ == "__main__":
