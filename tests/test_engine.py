@@ -218,3 +218,29 @@ def test_plateau_steps_on_the_training_error(tmp_path, monkeypatch):
   assert len(val) == 2         # not a validation metric
   assert all(all(abs(v - x) > 1e-9 for x in r.values()
                  if isinstance(x, float)) for (v, _), r in zip(seen, val))
+
+
+def test_splits_over_the_cache_limit_stream_with_the_same_results(tmp_path):
+  """data.cache_limit: a split larger than it is featurised on each pass
+  (training stream and evaluation), never held, with the same metrics."""
+  rows = {}
+  for limit in (10 ** 6, 3):
+    c = toy_config.get_config()
+    c.data.cache_limit = limit
+    c.train.update(num_steps=6, log_every=3, eval_every=3, checkpoint_every=6)
+    workdir = str(tmp_path / f"run{limit}")
+    trainer.train(c, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      rows[limit] = [{k: v for k, v in json.loads(line).items()
+                      if k not in ("graphs_per_sec", "eval_seconds")}
+                     for line in f]
+  exp = trainer.Experiment(c, "")
+  assert isinstance(exp.graphs("val"), trainer._LazyGraphs)  # pylint: disable=protected-access
+  assert len(rows[3]) == len(rows[10 ** 6]) >= 4
+  for a, b in zip(rows[3], rows[10 ** 6]):
+    assert a.keys() == b.keys()
+    for k in a:
+      if isinstance(a[k], float):
+        assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
+      else:
+        assert a[k] == b[k], k

@@ -394,35 +394,41 @@ def eval_batches(graphs: Sequence[jraph.GraphsTuple], budget: Budget,
 
   Yields (graph batch, list of sample indices per device batch). When
   ``devices`` is set, the last step is completed with all-padding batches.
+  Streams: ``graphs`` is read in order and at most one step's batches are
+  held, so a lazily featurised split is never in memory whole.
   """
-  singles, pending, idx = [], [], []
-  n_tot = e_tot = 0
-  for i, g in enumerate(graphs):
-    n, e = int(g.n_node[0]), int(g.n_edge[0])
-    if not budget.fits(n, e):
-      name = names[i] if names is not None else str(i)
-      raise DataError(name, f"graph with {n} nodes and {e} edges exceeds the "
-                      f"batch budget {budget}")
-    if pending and (n_tot + n > budget.max_nodes or e_tot + e >
-                    budget.max_edges or len(pending) >= budget.max_graphs):
-      singles.append((pad_graphs(pending, budget), idx))
-      pending, idx, n_tot, e_tot = [], [], 0, 0
-    pending.append(g)
-    idx.append(i)
-    n_tot += n
-    e_tot += e
-  if pending:
-    singles.append((pad_graphs(pending, budget), idx))
+  def singles():
+    pending, idx = [], []
+    n_tot = e_tot = 0
+    for i, g in enumerate(graphs):
+      n, e = int(g.n_node[0]), int(g.n_edge[0])
+      if not budget.fits(n, e):
+        name = names[i] if names is not None else str(i)
+        raise DataError(name, f"graph with {n} nodes and {e} edges exceeds "
+                        f"the batch budget {budget}")
+      if pending and (n_tot + n > budget.max_nodes or e_tot + e >
+                      budget.max_edges or len(pending) >= budget.max_graphs):
+        yield pad_graphs(pending, budget), idx
+        pending, idx, n_tot, e_tot = [], [], 0, 0
+      pending.append(g)
+      idx.append(i)
+      n_tot += n
+      e_tot += e
+    if pending:
+      yield pad_graphs(pending, budget), idx
+
   if devices is None:
-    yield from singles
+    yield from singles()
     return
-  empty = None
-  for start in range(0, len(singles), devices):
-    chunk = singles[start:start + devices]
-    while len(chunk) < devices:
-      if empty is None:
-        empty = _empty_like(singles[0][0])
-      chunk.append((empty, []))
+  chunk = []
+  for single in singles():
+    chunk.append(single)
+    if len(chunk) == devices:
+      yield stack_device_batches([c[0] for c in chunk]), [c[1] for c in chunk]
+      chunk = []
+  if chunk:
+    empty = _empty_like(chunk[0][0])
+    chunk += [(empty, [])] * (devices - len(chunk))
     yield stack_device_batches([c[0] for c in chunk]), [c[1] for c in chunk]
 
 

@@ -12,6 +12,7 @@ with bit-identical parameters (CPU). ``noisy_nodes.load(workdir)`` (the
 """
 from __future__ import annotations
 
+import collections.abc
 import json
 import logging
 import math
@@ -127,7 +128,8 @@ class Experiment:
     if need_train_data and not self.splits.get("train"):
       raise DataError(config.data.get("path", "dataset"),
                       "empty training split: no structures to train on")
-    self._graph_cache: Dict[str, List[jraph.GraphsTuple]] = {}
+    self._graph_cache: Dict[str, Sequence[jraph.GraphsTuple]] = {}
+    self._largest: Dict[str, tuple] = {}  # split -> (n_node, n_edge) max
     self._train_elements: Optional[List[int]] = None
     self._eval_step = None
     self._eval_compiled = False
@@ -143,18 +145,27 @@ class Experiment:
                    **getattr(self.task, "data_report", {})}, f, indent=2)
 
   # -- featurisation -----------------------------------------------------------
-  def graphs(self, split: str) -> List[jraph.GraphsTuple]:
-    """Deterministic (training=False) graphs of a split, featurised once."""
+  def graphs(self, split: str) -> Sequence[jraph.GraphsTuple]:
+    """Deterministic (training=False) graphs of a split.
+
+    Featurised once and held for a split of up to ``data.cache_limit``
+    samples; a larger one (OC20's validation splits are ~25,000 systems
+    each) is a lazy sequence featurised again on each pass, so memory
+    stays flat in the split's size (``batching.eval_batches`` streams).
+    """
     if split not in self._graph_cache:
       t0 = time.time()
       items = self.splits[split]
-      if getattr(items, "has_graphs", False):  # preprocessed static graphs
-        self._graph_cache[split] = [items.graph(i) for i in range(len(items))]
+      limit = int(self.config.data.get("cache_limit", self.CACHE_LIMIT))
+      lazy = _LazyGraphs(items, self.task)
+      if len(items) > limit:
+        logging.info("%s: %d structures, featurised on each pass (over "
+                     "data.cache_limit=%d)", split, len(items), limit)
+        self._graph_cache[split] = lazy
       else:
-        self._graph_cache[split] = [
-            self.task.featurize(s, None, False) for s in items]
-      logging.info("featurised %d %s structures in %.1fs",
-                   len(self._graph_cache[split]), split, time.time() - t0)
+        self._graph_cache[split] = [lazy[i] for i in range(len(lazy))]
+        logging.info("featurised %d %s structures in %.1fs",
+                     len(self._graph_cache[split]), split, time.time() - t0)
     return self._graph_cache[split]
 
   def setup_task(self) -> None:
@@ -258,7 +269,8 @@ class Experiment:
     if self._train_elements is None:
       train = self.splits.get("train", ())
       limit = int(self.config.data.get("cache_limit", self.CACHE_LIMIT))
-      count = len(train) if len(train) <= limit else self.SIZE_SAMPLE
+      count = len(train) if len(train) <= limit else min(len(train),
+                                                         self.SIZE_SAMPLE)
       self._train_elements = sorted(
           {int(z) for i in range(count)
            for z in np.unique(train[i].atomic_numbers)})
@@ -266,6 +278,26 @@ class Experiment:
         logging.info("training elements from the first %d of %d structures",
                      count, len(train))
     return self._train_elements
+
+  def fitting_budget(self, split: str, budget: batching.Budget
+                     ) -> batching.Budget:
+    """``batching.fitting_budget`` for a split, its largest graph found once
+    (from the shards' metadata where they have it)."""
+    if split not in self._largest:
+      items = self.splits[split]
+      meta = getattr(items, "meta", None)
+      if meta is not None and len(items):
+        self._largest[split] = (int(np.max(meta["n_node"])),
+                                int(np.max(meta["n_edge"])))
+      else:
+        graphs = self.graphs(split)
+        self._largest[split] = (max(int(g.n_node[0]) for g in graphs),
+                                max(int(g.n_edge[0]) for g in graphs))
+    n, e = self._largest[split]
+    if budget.fits(n, e):
+      return budget
+    return batching.Budget(max(budget.max_nodes, n), max(budget.max_edges, e),
+                           budget.max_graphs)
 
   def predict(self, params, state, split: str, budget: batching.Budget):
     """Predictions for every structure of a split (EMA params if given)."""
@@ -275,13 +307,13 @@ class Experiment:
     # Evaluation predicts every structure: one larger than the training
     # budget (skipped there under batch.skip_oversized) gets a budget that
     # fits it (one more compilation), never an error or a missing row.
-    budget = batching.fitting_budget(budget, graphs)
+    budget = self.fitting_budget(split, budget)
     if self._eval_step is None:
       self._eval_step = parallel.make_eval_step(self.task, self.transformed(),
                                                 self.local_mesh, self.policy)
     preds = predict_graphs(self._eval_step, params, state, graphs, budget,
                            self.num_local,
-                           sources.as_source(self.splits[split]).names(),
+                           _Names(sources.as_source(self.splits[split])),
                            compile_first=not self._eval_compiled)
     self._eval_compiled = True
     return preds
@@ -315,6 +347,34 @@ class Experiment:
     if len(out) > 1 or (out and "val" not in out):
       out["val"] = average_metrics(out)
     return out
+
+
+class _Names:
+  """``names[i]`` = the source's sample name, read only for an error."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __getitem__(self, i: int) -> str:
+    return self.source.name(i)
+
+
+class _LazyGraphs(collections.abc.Sequence):
+  """A split's deterministic graphs, featurised when read (``Experiment.graphs``)."""
+
+  def __init__(self, items, task):
+    self.items, self.task = items, task
+    self.static = getattr(items, "has_graphs", False)  # preprocessed graphs
+
+  def __len__(self) -> int:
+    return len(self.items)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    if self.static:
+      return self.items.graph(i)
+    return self.task.featurize(self.items[i], None, False)
 
 
 def transformed_model(task: task_base.Task, policy: precision.Policy
