@@ -38,9 +38,10 @@ take the streaming path a 200,000-crystal corpus takes by default (up to
   compiling it), and the setup before the stream (splits, budget from 2,000
   crystals) at both sizes: flat in the corpus size;
 * peak RSS at the last of ``--steps`` steps and at the end of the run, which
-  adds the final validation of 5 % of the corpus (a validation split the
-  engine holds featurised costs ~96 kB per crystal: ~1 GB at 200,000); the
-  goal (<= 2 GB, <= 1.25x) is on the training figure;
+  adds the final validation of 5 % of the corpus (streamed here, as
+  ``cache_limit = 0``; a validation split the engine holds featurised, up to
+  the default limit of 20,000, costs ~96 kB per crystal: ~1 GB at 200,000);
+  the goal (<= 2 GB, <= 1.25x) is on the training figure;
 * the training stream alone, crystals/s at ``data.workers`` = 1 and 2
   (``noisy_nodes.data.workers.FeaturizePool``: CrysGNN's stream supports
   workers; its featurisation is deterministic, no noise);
