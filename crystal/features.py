@@ -402,11 +402,39 @@ class CrystalFeaturizer:
           axis=1)
     if c.pair_edges:
       g = pair_reverse_edges(g)
+    return g._replace(nodes={**g.nodes, "features": x.astype(np.float32)},
+                      edges={**g.edges, "features": self._edge_features(g)})
+
+  def _edge_features(self, g: jraph.GraphsTuple) -> np.ndarray:
+    """[E, G] Gaussians of the (scaled) edge distances."""
+    c = self.config
     d = g.edges["distances"].astype(np.float64)
     if c.distance_scaling == "minmax":
       lo, hi = self.distance_range()
       d = (d - lo) / (hi - lo)
-    e = gaussian_expansion(d, c.gaussian_start, c.gaussian_stop,
-                           c.num_gaussians, c.gaussian_width, c.gaussian_form)
-    return g._replace(nodes={**g.nodes, "features": x.astype(np.float32)},
-                      edges={**g.edges, "features": e})
+    return gaussian_expansion(d, c.gaussian_start, c.gaussian_stop,
+                              c.num_gaussians, c.gaussian_width,
+                              c.gaussian_form)
+
+  def compact(self, g: jraph.GraphsTuple) -> jraph.GraphsTuple:
+    """``g`` without what ``expand`` recomputes exactly: the edge Gaussians
+    (from the stored distances) and, without degree features (the degree of
+    the graph before ``pair_edges``), the node features (from the atomic
+    numbers). For preprocessed shards: a CGCNN-input crystal graph stores
+    ~70 % fewer bytes."""
+    nodes = g.nodes if self.config.degree else {
+        k: v for k, v in g.nodes.items() if k != "features"}
+    edges = {k: v for k, v in g.edges.items() if k != "features"}
+    return g._replace(nodes=nodes, edges=edges)
+
+  def expand(self, g: jraph.GraphsTuple) -> jraph.GraphsTuple:
+    """The inverse of ``compact`` (a full graph is returned as it is)."""
+    nodes, edges = g.nodes, g.edges
+    if "features" not in nodes:
+      z = np.asarray(nodes["atomic_numbers"])
+      x = (onehot_atomic_number(z) if self.config.node_features == "onehot"
+           else cgcnn92(z))
+      nodes = {**nodes, "features": x.astype(np.float32)}
+    if "features" not in edges:
+      edges = {**edges, "features": self._edge_features(g)}
+    return g._replace(nodes=nodes, edges=edges)

@@ -324,6 +324,12 @@ class CrystalPropertyTask(Task):
       return hit[1]
     return self.featurizer(structure)
 
+  def compact_graph(self, graph):
+    return self.featurizer.compact(graph)  # shards: no Gaussians stored
+
+  def expand_graph(self, graph):
+    return self.featurizer.expand(graph)
+
   # -- model and loss ------------------------------------------------------------------
   def model(self, graph: jraph.GraphsTuple, is_training: bool):
     from crystal import models  # noqa: F401  (registers the crystal models)  # pylint: disable=g-import-not-at-top

@@ -64,6 +64,8 @@ def _write(split: str, path: str, start: int, stop: int, keep_graphs: bool):
   t0 = time.time()
   structures = [source[i] for i in range(start, stop)]
   graphs = [task.featurize(s, None, False) for s in structures]
+  if keep_graphs:  # the metadata's sizes and distances are kept by compact
+    graphs = [task.compact_graph(g) for g in graphs]
   shards_lib.write_shard(path, structures, graphs, keep_graphs)
   return stop - start, time.time() - t0
 

@@ -165,6 +165,12 @@ class CrysGNNPretrainTask(Task):
     g_glob = {k: v for k, v in g.globals.items() if k != "target"}
     return g._replace(nodes={**g.nodes, **nodes}, globals={**g_glob, **glob})
 
+  def compact_graph(self, graph):
+    return self.featurizer.compact(graph)  # shards: no Gaussians stored
+
+  def expand_graph(self, graph):
+    return self.featurizer.expand(graph)
+
   # -- model and loss ----------------------------------------------------------------
   def model(self, graph, is_training):
     encoder = models_lib.build_model(self.config.model, num_targets=1)

@@ -93,7 +93,7 @@ def _featurize(items: Sequence[Tuple[int, int]]):
       rng = (sample_rng(_WORKER["seed"], epoch, idx)
              if _WORKER["randomized"] else None)
       if not _WORKER["randomized"] and getattr(source, "has_graphs", False):
-        out.append(source.graph(idx))  # preprocessed static graphs
+        out.append(task.expand_graph(source.graph(idx)))  # preprocessed
       else:
         out.append(task.featurize(source[idx], rng, _WORKER["randomized"]))
     except DataError as e:

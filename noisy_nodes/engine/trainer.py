@@ -230,7 +230,7 @@ class Experiment:
     else:
       def featurize(i, rng):
         if getattr(train, "has_graphs", False):
-          return train.graph(i)
+          return self.task.expand_graph(train.graph(i))
         return self.task.featurize(train[i], rng, randomized)
       if workers:
         pool = data_workers.FeaturizePool(
@@ -373,7 +373,7 @@ class _LazyGraphs(collections.abc.Sequence):
     if isinstance(i, slice):
       return [self[j] for j in range(*i.indices(len(self)))]
     if self.static:
-      return self.items.graph(i)
+      return self.task.expand_graph(self.items.graph(i))
     return self.task.featurize(self.items[i], None, False)
 
 

@@ -82,6 +82,20 @@ class Task(abc.ABC):
     return structure.validate()
 
   @abc.abstractmethod
+  def compact_graph(self, graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
+    """What ``noisy_nodes.preprocess`` stores of a deterministic graph.
+
+    Default: all of it. A task may drop fields that ``expand_graph``
+    recomputes exactly from what is kept (the crystal tasks drop the
+    Gaussian edge expansion: two thirds of a crystal graph's bytes).
+    """
+    return graph
+
+  def expand_graph(self, graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
+    """The inverse of ``compact_graph``, applied to each graph read from
+    shards: ``expand_graph(compact_graph(g))`` equals ``g`` bit for bit."""
+    return graph
+
   def featurize(self, structure: Structure, rng: Optional[np.random.Generator],
                 training: bool) -> jraph.GraphsTuple:
     """One structure -> single-graph sample (docs/design.md)."""
