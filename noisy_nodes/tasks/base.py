@@ -81,7 +81,6 @@ class Task(abc.ABC):
     reject (``noisy_nodes.Predictor`` checks new inputs with it)."""
     return structure.validate()
 
-  @abc.abstractmethod
   def compact_graph(self, graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
     """What ``noisy_nodes.preprocess`` stores of a deterministic graph.
 
@@ -96,6 +95,7 @@ class Task(abc.ABC):
     shards: ``expand_graph(compact_graph(g))`` equals ``g`` bit for bit."""
     return graph
 
+  @abc.abstractmethod
   def featurize(self, structure: Structure, rng: Optional[np.random.Generator],
                 training: bool) -> jraph.GraphsTuple:
     """One structure -> single-graph sample (docs/design.md)."""
