@@ -326,6 +326,22 @@ def test_legacy_lmdb_errors(tmp_path):
   env.close()
   with pytest.raises(DataError, match="'length' says 5"):
     readers.read_legacy_lmdb(lpath)
+  # Keys that are not 0..N-1: a missing end at open, a gap when read.
+  for name, keys in (("ends", (b"0", b"1", b"3")), ("gap", (b"0", b"2", b"3"))):
+    gpath = str(tmp_path / f"{name}.lmdb")
+    env = lmdb.open(gpath, subdir=False, lock=False)
+    with env.begin(write=True) as txn:
+      for k in keys:
+        txn.put(k, blob)
+    env.close()
+    if name == "ends":
+      with pytest.raises(DataError, match="not 0..N-1.*no key '2'"):
+        legacy_lmdb.LegacyLmdbSource(gpath)
+    else:
+      src = legacy_lmdb.LegacyLmdbSource(gpath)  # N = 3 entries: '2' is there
+      assert len(src) == 3
+      with pytest.raises(DataError, match=r"gap.lmdb\[1\]"):
+        src[1]
   # Bad values: natoms disagreeing with the atoms.
   f = _oc20_fields(0)
   f["natoms"] = 3
