@@ -6,6 +6,8 @@ import zlib
 import numpy as np
 import pytest
 
+from noisy_nodes.data import sources
+
 import noisy_nodes  # noqa: F401
 from noisy_nodes.gns.oc20 import legacy_lmdb, readers
 from noisy_nodes.data.structures import DataError
@@ -342,6 +344,13 @@ def test_legacy_lmdb_errors(tmp_path):
       assert len(src) == 3
       with pytest.raises(DataError, match=r"gap.lmdb\[1\]"):
         src[1]
+      # release() closes this process's environment (its mapped pages go);
+      # the next read reopens it. Wrappers pass it on.
+      first = src[0].positions
+      assert any(gpath in str(k) for k in legacy_lmdb._ENVS)  # pylint: disable=protected-access
+      sources.Subset(src, [0, 2]).release()
+      assert not any(gpath in str(k) for k in legacy_lmdb._ENVS)  # pylint: disable=protected-access
+      np.testing.assert_array_equal(src[0].positions, first)
   # Bad values: natoms disagreeing with the atoms.
   f = _oc20_fields(0)
   f["natoms"] = 3

@@ -386,7 +386,11 @@ class OC20Task(Task):
         self.config.data.get("stats_sample", 0) or 0), seed=0)
     targets = (train.targets if isinstance(train, Source)
                else lambda i: train[i].targets)
-    e = [self._target_value(targets(int(i))) for i in idx]
+    e = []
+    for k, i in enumerate(idx):
+      e.append(self._target_value(targets(int(i))))
+      if k % 10_000 == 9_999 and isinstance(train, Source):
+        train.release()  # unmap the pages read so far: RSS stays flat
     missing = [int(i) for i, v in zip(idx, e) if v is None]
     if missing and self._uses_energy():
       raise DataError(_name(train, missing[0]), f"training structure has no "
@@ -403,6 +407,8 @@ class OC20Task(Task):
     if e.size:
       self.mean, self.std = float(e.mean()), float(max(e.std(), 1e-6))
     self.position_scale = self._position_scale(sampled())
+    if isinstance(train, Source):
+      train.release()  # unmap the pages the statistics pass touched
     logging.info("%s target %s (%s energies): mean %.4f eV, std %.4f eV "
                  "over %d training structures%s", self.kind, self.target_name,
                  self.energy_kind, self.mean, self.std, e.size,
