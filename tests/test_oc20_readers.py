@@ -351,6 +351,11 @@ def test_legacy_lmdb_errors(tmp_path):
       sources.Subset(src, [0, 2]).release()
       assert not any(gpath in str(k) for k in legacy_lmdb._ENVS)  # pylint: disable=protected-access
       np.testing.assert_array_equal(src[0].positions, first)
+      releaser = sources.Releaser(src, every=2)  # what the stream uses
+      releaser.tick()
+      assert any(gpath in str(k) for k in legacy_lmdb._ENVS)  # pylint: disable=protected-access
+      releaser.tick()
+      assert not any(gpath in str(k) for k in legacy_lmdb._ENVS)  # pylint: disable=protected-access
   # Bad values: natoms disagreeing with the atoms.
   f = _oc20_fields(0)
   f["natoms"] = 3

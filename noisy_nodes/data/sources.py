@@ -371,6 +371,25 @@ def as_source(data: Sequence[Structure]) -> Source:
   return data if isinstance(data, Source) else ListSource(data)
 
 
+class Releaser:
+  """``tick()`` per read; every ``every`` reads ``source.release()``.
+
+  A long pass of random reads from a memory-mapped LMDB leaves ~64 KB of
+  the file mapped per read (the kernel maps the pages around each fault),
+  so a training stream's resident memory would grow towards the files'
+  size: 2,000 steps of 8 systems on a 500,000-system folder added ~0.6 GB.
+  Reopening an environment costs well under a millisecond.
+  """
+
+  def __init__(self, source, every: int = 2000):
+    self.source, self.every, self.count = source, every, 0
+
+  def tick(self) -> None:
+    self.count += 1
+    if self.count % self.every == 0 and isinstance(self.source, Source):
+      self.source.release()
+
+
 def sample_indices(n: int, cap: int, seed: int = 0) -> np.ndarray:
   """Sorted indices of a seeded uniform sample of ``min(n, cap)`` of range(n).
 

@@ -87,8 +87,12 @@ def _featurize(items: Sequence[Tuple[int, int]]):
   if _WORKER.get("error"):
     return ("init", os.getpid(), _WORKER["error"])
   task, source = _WORKER["task"], _WORKER["source"]
+  if "releaser" not in _WORKER:
+    from noisy_nodes.data.sources import Releaser  # pylint: disable=g-import-not-at-top
+    _WORKER["releaser"] = Releaser(source)
   out = []
   for epoch, idx in items:
+    _WORKER["releaser"].tick()
     try:
       rng = (sample_rng(_WORKER["seed"], epoch, idx)
              if _WORKER["randomized"] else None)

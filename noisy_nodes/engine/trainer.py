@@ -228,7 +228,10 @@ class Experiment:
         logging.info("data.workers=%d unused: the %d training graphs are "
                      "featurised once and cached", workers, len(cached))
     else:
+      releaser = sources.Releaser(train)
+
       def featurize(i, rng):
+        releaser.tick()  # keeps the mapped pages of the files bounded
         if getattr(train, "has_graphs", False):
           return self.task.expand_graph(train.graph(i))
         return self.task.featurize(train[i], rng, randomized)
