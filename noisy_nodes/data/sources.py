@@ -104,7 +104,11 @@ class Source(collections.abc.Sequence):
     the environment is open. Reaches the sources this one wraps.
     """
     for value in vars(self).values():
-      for item in (value if isinstance(value, (list, tuple)) else (value,)):
+      items = (value,)
+      if isinstance(value, (list, tuple)) and value and isinstance(
+          value[0], (LazyHandle, Source)):  # not an index or sample list
+        items = value
+      for item in items:
         if isinstance(item, LazyHandle):
           item.close()
         elif isinstance(item, Source):
