@@ -123,17 +123,28 @@ def train_until_flat(config, workdir: str, n_train: int, args) -> Dict:
 
 
 def train_one(label, name, layers, seed, target, n_train, args) -> Dict:
-  from noisy_nodes.engine import trainer  # pylint: disable=g-import-not-at-top
+  """Trains one run to flatness and evaluates it; a finished run's
+  ``result.json`` is read back instead, so that a scan resumes and several
+  processes (e.g. one per ``--targets`` value, one per core) can share
+  ``--out``."""
   workdir = os.path.join(args.out, f"{target}_{name}_{layers}_seed{seed}")
+  done = os.path.join(workdir, "result.json")
+  if os.path.exists(done):
+    with open(done) as f:
+      return json.load(f)
   config = run_config(name, layers, seed, target, args)
   run = train_until_flat(config, workdir, n_train, args)
   which = "best" if run["val_curve"] else "latest"
   test = noisy_nodes.load(workdir, which).evaluate("test")
-  return {"model": label, "layers": layers, "seed": seed, "target": target,
-          "test_mae": float(test["mae"]), "test_r2": float(test["r2"]),
-          "best_val_mae": float(min(run["val_curve"])) if run["val_curve"]
-                          else math.nan,
-          **run, "workdir": workdir}
+  row = {"model": label, "layers": layers, "seed": seed, "target": target,
+         "test_mae": float(test["mae"]), "test_r2": float(test["r2"]),
+         "best_val_mae": float(min(run["val_curve"])) if run["val_curve"]
+                         else math.nan,
+         **run, "workdir": workdir}
+  with open(done + ".tmp", "w") as f:
+    json.dump(row, f, indent=2)
+  os.replace(done + ".tmp", done)
+  return row
 
 
 def mean_baseline(args) -> Dict[str, float]:
@@ -170,7 +181,7 @@ def write_table(path: str, summary: List[Dict], base: Dict, args) -> str:
       f"({args.min_atoms}-{args.max_atoms} atoms)", "",
       f"{base['n_train']}/{base['n_val']}/{base['n_test']} train/val/test; "
       f"reference configs{' :' + args.variant if args.variant else ''}, "
-      f"batch {args.batch}; each run trained until its validation MAE "
+      f"width {args.dim or 64}, batch {args.batch}; each run trained until its validation MAE "
       f"flattened (last quarter within {args.flat_tol:.0%} of the best "
       f"before it; at most {args.max_epochs} epochs); test MAE from the "
       f"best-validation checkpoint, mean ± std over seeds. Target: EMT "
@@ -254,10 +265,17 @@ def main(argv=None):
   p.add_argument("--max_epochs", type=int, default=500)
   p.add_argument("--flat_tol", type=float, default=0.01)
   p.add_argument("--workers", type=int, default=2)
+  p.add_argument("--prepare_only", action="store_true",
+                 help="generate and cache the dataset, print the mean "
+                 "predictor's MAE, train nothing (run once before starting "
+                 "several processes on one --out)")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
   os.makedirs(args.out, exist_ok=True)
   base = mean_baseline(args)   # also generates and caches the dataset
+  if args.prepare_only:
+    print(json.dumps(base))
+    return
   rows = []
   labels = dict((m[1], m[0]) for m in MODELS)
   for target in args.targets:
