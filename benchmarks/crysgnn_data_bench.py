@@ -193,8 +193,13 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=0)
   p.add_argument("--files", type=int, default=0)
   p.add_argument("--preprocess", action="store_true")
+  p.add_argument("--rates_only", action="store_true",
+                 help="only the stream's K = 1 vs K = 2 rates (on --big "
+                 "crystals, default 20,000), alternated 3 times")
+  p.add_argument("--batches", type=int, default=0,
+                 help="batches per rate (default 600; 150 with --quick)")
   args = p.parse_args(argv)
-  big = args.big or (20_000 if args.quick else 200_000)
+  big = args.big or (20_000 if args.quick or args.rates_only else 200_000)
   small = args.small or (2_000 if args.quick else 5_000)
   steps = args.steps or (30 if args.quick else 1000)
   files = args.files or (200 if args.quick else 1000)
@@ -203,6 +208,13 @@ def main(argv=None):
     t0 = time.time()
     big_path, temps = write_corpus(os.path.join(tmp, "big"), big)
     write_s = time.time() - t0
+    batches = args.batches or (150 if args.quick else 600)
+    if args.rates_only:
+      r = data_bench.worker_scaling(lambda k: crysgnn_config(big_path, 1, k),
+                                    batches)
+      print(data_bench.scaling_line(f"CrysGNN training stream ({big:,} "
+                                    "crystals)", "crystals", r, batches))
+      return
     small_path, _ = write_corpus(os.path.join(tmp, "small"), small, seed=1)
     sizes = [t.num_atoms for t in temps]
     print(f"CrysGNN corpus: wrote {big:,} crystals in {write_s:.0f}s "
@@ -230,20 +242,15 @@ def main(argv=None):
           f"({ratio:.2f}x; goal <= 2048 MB and <= 1.25x); after the final "
           f"validation of 5 %: {b['peak_rss_mb']:.0f} / {s['peak_rss_mb']:.0f}"
           " MB", flush=True)
-    batches = 40 if args.quick else 200
-    rates = {}
-    for label, path in (("big", big_path), ("small", small_path)):
-      rates[label] = data_bench.pipeline_rate(crysgnn_config(path, 1, 1),
-                                              batches)
-    r2 = data_bench.pipeline_rate(crysgnn_config(big_path, 1, 2), batches)
-    r1 = rates["big"]
+    small_rate = data_bench.pipeline_rate(crysgnn_config(small_path, 1, 1),
+                                          batches)
+    r = data_bench.worker_scaling(lambda k: crysgnn_config(big_path, 1, k),
+                                  batches)
     print(f"setup before the stream (splits + budget from 2,000 crystals): "
-          f"{r1['setup_s']:.1f}s with {big:,}, {rates['small']['setup_s']:.1f}s"
+          f"{r['setup1']:.1f}s with {big:,}, {small_rate['setup_s']:.1f}s"
           f" with {small:,}")
-    print(f"CrysGNN training stream: {r1['rate']:.0f} crystals/s at K=1, "
-          f"{r2['rate']:.0f} at K=2 ({r2['rate'] / r1['rate']:.2f}x; "
-          f"{os.cpu_count()} cores here); worker start-up "
-          f"{r1['startup_s']:.1f}s (K=1), {r2['startup_s']:.1f}s (K=2)")
+    print(data_bench.scaling_line("CrysGNN training stream", "crystals", r,
+                                  batches))
     if args.preprocess:
       preprocessed(big_path, big, steps, os.path.join(tmp, "shards"))
   finally:

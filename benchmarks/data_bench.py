@@ -6,6 +6,7 @@ Usage:
   python benchmarks/data_bench.py --only=oc20 --memory_only  # the RSS figure alone
   python benchmarks/data_bench.py --only=crysgnn [--quick]   # CrysGNN half only
   python benchmarks/data_bench.py --only=oc20 [--quick]      # OC20 half only
+  python benchmarks/data_bench.py --rates_only   # K = 1 vs 2 workers only (20,000)
 
 Without ``--only`` both halves run: OC20 (below), then CrysGNN pre-training
 on a 200,000-crystal corpus (20,000 with --quick; benchmarks/crysgnn_data_bench.py
@@ -208,6 +209,33 @@ def pipeline_rate(cfg, batches):
     stream.close()
 
 
+def worker_scaling(make_config, batches, rounds=3):
+  """Training-stream rates at K = 1 and K = 2 workers, measured alternately
+  ``rounds`` times (K=1, K=2, K=1, K=2, ...) so that a drift of the host's
+  speed hits both: {k1, k2: mean rates, ratios: K=2 / K=1 per round,
+  startup1, startup2}."""
+  k1, k2 = [], []
+  for _ in range(rounds):
+    k1.append(pipeline_rate(make_config(1), batches))
+    k2.append(pipeline_rate(make_config(2), batches))
+  return {"k1": float(np.mean([r["rate"] for r in k1])),
+          "k2": float(np.mean([r["rate"] for r in k2])),
+          "ratios": [b["rate"] / a["rate"] for a, b in zip(k1, k2)],
+          "rounds": [(a["rate"], b["rate"]) for a, b in zip(k1, k2)],
+          "startup1": k1[0]["startup_s"], "startup2": k2[0]["startup_s"],
+          "setup1": k1[0]["setup_s"]}
+
+
+def scaling_line(what, unit, r, batches):
+  ratios = ", ".join(f"{b:.0f}/{a:.0f} = {b / a:.2f}"
+                     for a, b in r["rounds"])
+  return (f"{what}: {r['k1']:.0f} {unit}/s at K=1, {r['k2']:.0f} at K=2 "
+          f"({r['k2'] / r['k1']:.2f}x; per round {ratios}; {batches} batches"
+          f" per rate; goal >= 1.7x on an idle 2-core host; "
+          f"{os.cpu_count()} cores here); worker start-up "
+          f"{r['startup1']:.1f}s (K=1), {r['startup2']:.1f}s (K=2)")
+
+
 def read_rate(source, count=2000, seed=0):
   idx = np.random.default_rng(seed).integers(0, len(source), count)
   source[int(idx[0])]
@@ -219,7 +247,7 @@ def read_rate(source, count=2000, seed=0):
 
 def oc20_main(args):
   """The OC20 half (module docstring)."""
-  big = args.big or (20_000 if args.quick else 500_000)
+  big = args.big or (20_000 if args.quick or args.rates_only else 500_000)
   small = args.small or (2_000 if args.quick else 5_000)
   steps = args.steps or (30 if args.quick else 1000)
   tmp = tempfile.mkdtemp(prefix="data_bench_")
@@ -227,9 +255,21 @@ def oc20_main(args):
     t0 = time.time()
     raw_big, raw_small = os.path.join(tmp, "big"), os.path.join(tmp, "small")
     write_folder(raw_big, big, 200)
-    write_folder(raw_small, small, 200, seed=1)
-    print(f"wrote {big:,} + {small:,} training systems (legacy LMDB) in "
+    if not args.rates_only:
+      write_folder(raw_small, small, 200, seed=1)
+    print(f"wrote {big:,} + {0 if args.rates_only else small:,} training "
+          f"systems (legacy LMDB) in "
           f"{time.time() - t0:.0f}s", flush=True)
+    if args.rates_only:
+      from noisy_nodes import preprocess  # pylint: disable=g-import-not-at-top
+      shards = os.path.join(tmp, "shards")
+      preprocess.preprocess(_config(raw_big, 1), shards, workers=2,
+                            shard_size=max(1000, big // 40))
+      batches = args.batches or (150 if args.quick else 600)
+      r = worker_scaling(lambda k: _config(shards, 1, k), batches)
+      print(scaling_line(f"input pipeline with noise ({big:,} preprocessed "
+                         "systems)", "systems", r, batches))
+      return
     if args.memory_only:
       raw, ref = run_child(raw_big, steps), run_child(raw_small, steps)
       print(f"peak RSS (VmHWM) after {steps} steps on the raw LMDBs: "
@@ -272,14 +312,9 @@ def oc20_main(args):
           f"{big:,} systems, {ref['peak_rss_mb']:.0f} MB with {small:,} "
           f"({ratio:.2f}x; goal <= 2048 MB and <= 1.25x); preprocessed "
           f"{pre['peak_rss_mb']:.0f} MB")
-    batches = 40 if args.quick else 200
-    k1, k2 = (pipeline_rate(_config(shards, 1, 1), batches),
-              pipeline_rate(_config(shards, 1, 2), batches))
-    print(f"input pipeline with noise: {k1['rate']:.0f} systems/s at K=1, "
-          f"{k2['rate']:.0f} at K=2 ({k2['rate'] / k1['rate']:.2f}x; goal >= "
-          f"1.7x on an idle 2-core host; {os.cpu_count()} cores here); worker "
-          f"start-up {k1['startup_s']:.1f}s (K=1), {k2['startup_s']:.1f}s "
-          "(K=2)")
+    batches = args.batches or (150 if args.quick else 600)
+    r = worker_scaling(lambda k: _config(shards, 1, k), batches)
+    print(scaling_line("input pipeline with noise", "systems", r, batches))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -294,6 +329,11 @@ def main():
   p.add_argument("--child", default="")
   p.add_argument("--memory_only", action="store_true",
                  help="OC20: only the peak RSS of the raw big/small runs")
+  p.add_argument("--rates_only", action="store_true",
+                 help="only the input pipeline's K = 1 vs K = 2 rates (on "
+                 "--big systems, default 20,000), alternated 3 times")
+  p.add_argument("--batches", type=int, default=0,
+                 help="batches per rate (default 600; 150 with --quick)")
   p.add_argument("--task", default="oc20", choices=("oc20", "crysgnn"))
   p.add_argument("--only", default="", choices=("", "oc20", "crysgnn"))
   args = p.parse_args()
@@ -305,6 +345,8 @@ def main():
     from benchmarks import crysgnn_data_bench  # pylint: disable=g-import-not-at-top
     crysgnn_data_bench.main(
         (["--quick"] if args.quick else []) +
+        (["--rates_only"] if args.rates_only else []) +
+        ([f"--batches={args.batches}"] if args.batches else []) +
         ([f"--steps={args.steps}"] if args.steps else []))
 
 

@@ -1,4 +1,5 @@
 """Dynamic batching: packing, padding, masks, budgets and exact resume."""
+import jax
 import jraph
 import numpy as np
 import pytest
@@ -167,3 +168,37 @@ def test_eval_batches_cover_all_in_order_with_device_padding():
       got.extend(ids)
       assert batch.globals["mask"][d].sum() == len(ids)
   assert got == list(range(7))
+
+
+def test_worker_chunks_round_trip_to_the_same_batches():
+  """concat_samples / split_samples (how data workers send a chunk): the
+  views equal the samples and pad to the same batch; samples that cannot
+  share arrays are sent as they are."""
+  graphs = [_graph(n, e, float(n)) for n, e in ((3, 4), (1, 0), (5, 9),
+                                                (2, 2))]
+  chunk = batching.concat_samples(graphs)
+  assert chunk.n_node.tolist() == [3, 1, 5, 2]
+  assert chunk.nodes["x"].shape == (11, 2) and chunk.senders.shape == (15,)
+  back = batching.split_samples(chunk)
+  assert len(back) == 4
+  for a, b in zip(graphs, back):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      assert x.dtype == y.dtype
+      np.testing.assert_array_equal(x, y)
+  budget = batching.Budget(max_nodes=16, max_edges=16, max_graphs=4)
+  want, got = batching.pad_graphs(graphs, budget), batching.pad_graphs(
+      back, budget)
+  for x, y in zip(jax.tree_util.tree_leaves(want),
+                  jax.tree_util.tree_leaves(got)):
+    np.testing.assert_array_equal(x, y)
+  # Other dtypes, keys or trailing shapes: None (the list is sent as it is).
+  odd = _graph(2, 2)._replace(nodes={"x": np.zeros((2, 2), np.float64)})
+  assert batching.concat_samples(graphs + [odd]) is None
+  assert batching.concat_samples(
+      graphs + [_graph(2, 2)._replace(edges={"e": np.ones(2, np.float32)})]
+  ) is None
+  assert batching.concat_samples([want]) is None   # not a single graph
+  # One device's batch gets its leading axis as a view of the batch.
+  stacked = batching.stack_device_batches([want])
+  assert stacked.nodes["x"].shape == (1, 17, 2)
+  assert np.shares_memory(stacked.nodes["x"], want.nodes["x"])

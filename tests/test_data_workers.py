@@ -98,3 +98,28 @@ def test_bad_record_in_a_worker_names_the_sample():
       _take(stream, 20)
   finally:
     stream.close()
+
+
+def test_a_worker_sends_its_chunk_as_one_array_per_key():
+  """The compact form (batching.concat_samples) that keeps the main
+  process's share small enough for K = 2 to scale on two cores."""
+  cfg = toy_config.get_config("noisy")
+  task = toy_task.ToyTask(cfg)
+  source = toy_task.FaultySource(toy_task.make_clusters(6, 1), bad=())
+  task.setup(source.structures)
+  saved = dict(workers._WORKER)
+  try:
+    workers._init(toy_task.ToyTask, cfg.to_json_best_effort(),
+                  task.state_dict(), source, 0, True)
+    kind, chunk = workers._featurize([(0, 1), (0, 4), (1, 2)])
+    assert kind == "packed" and chunk.n_node.shape == (3,)
+    want = [task.featurize(source[i], batching.sample_rng(0, e, i), True)
+            for e, i in ((0, 1), (0, 4), (1, 2))]
+    budget = batching.Budget(64, 1024, 8)
+    assert_same_batches(
+        [batching.Batch(batching.pad_graphs(want, budget), None, 3)],
+        [batching.Batch(batching.pad_graphs(
+            batching.split_samples(chunk), budget), None, 3)])
+  finally:
+    workers._WORKER.clear()
+    workers._WORKER.update(saved)

@@ -138,18 +138,22 @@ def pad_graphs(graphs: Sequence[jraph.GraphsTuple],
   senders = np.full(pad_e, tot_n, np.int32)
   receivers = np.full(pad_e, tot_n, np.int32)
   if tot_e:
-    senders[:tot_e] = np.concatenate([g.senders for g in graphs]) + edge_offsets
-    receivers[:tot_e] = (np.concatenate([g.receivers for g in graphs])
-                         + edge_offsets)
+    np.concatenate([g.senders for g in graphs], out=senders[:tot_e],
+                   casting="unsafe")
+    np.concatenate([g.receivers for g in graphs], out=receivers[:tot_e],
+                   casting="unsafe")
+    senders[:tot_e] += edge_offsets
+    receivers[:tot_e] += edge_offsets
 
   def stack(dicts, total, pad):
     out = {}
     for key in dicts[0]:
       parts = [d[key] for d in dicts]
       first = np.asarray(parts[0])
-      arr = np.zeros((pad,) + first.shape[1:], first.dtype)
-      if total:
-        arr[:total] = np.concatenate(parts)
+      arr = np.empty((pad,) + first.shape[1:], first.dtype)
+      if total:   # one copy, straight into the batch
+        np.concatenate(parts, out=arr[:total], casting="unsafe")
+      arr[total:] = 0
       out[key] = arr
     mask = np.zeros(pad, bool)
     mask[:total] = True
@@ -176,7 +180,10 @@ def pad_graphs(graphs: Sequence[jraph.GraphsTuple],
 
 
 def stack_device_batches(batches: Sequence[jraph.GraphsTuple]):
-  """[D] padded batches -> one GraphsTuple whose arrays lead with axis D."""
+  """[D] padded batches -> one GraphsTuple whose arrays lead with axis D.
+
+  One device's batch gets the axis as a view (``x[None]``), not a copy.
+  """
   return jraph.GraphsTuple(*[
       _stack_tree([getattr(b, f) for b in batches])
       for f in jraph.GraphsTuple._fields])
@@ -185,7 +192,87 @@ def stack_device_batches(batches: Sequence[jraph.GraphsTuple]):
 def _stack_tree(items):
   if isinstance(items[0], dict):
     return {k: _stack_tree([it[k] for it in items]) for k in items[0]}
+  if len(items) == 1:
+    return np.asarray(items[0])[None]
   return np.stack(items)
+
+
+_FEATURE_FIELDS = ("nodes", "edges", "globals")
+
+
+def _signature(g: jraph.GraphsTuple):
+  """What must agree for samples to be sent back to back: keys, dtypes and
+  trailing shapes of every array."""
+  sig = [(np.asarray(g.n_node).shape, np.asarray(g.n_edge).shape,
+          np.asarray(g.senders).dtype.str, np.asarray(g.receivers).dtype.str)]
+  for field in _FEATURE_FIELDS:
+    d = getattr(g, field)
+    if not isinstance(d, dict):
+      return None
+    for k in sorted(d):
+      v = d[k]
+      if not isinstance(v, np.ndarray) or v.ndim == 0:
+        return None
+      sig.append((field, k, v.dtype.str, v.shape[1:]))
+  return tuple(sig)
+
+
+def concat_samples(graphs: Sequence[jraph.GraphsTuple]
+                   ) -> Optional[jraph.GraphsTuple]:
+  """[c] single-graph samples -> one GraphsTuple holding them back to back.
+
+  The compact form in which a data worker sends its chunk of samples to the
+  main process: one array per feature key instead of one per key and sample,
+  so pickling and unpickling the chunk costs ~c times fewer array headers
+  (docs/benchmarks.md: the main process's share is what limits the speed-up
+  of K = 2 workers on two cores). ``n_node`` / ``n_edge`` are [c];
+  ``senders`` / ``receivers`` stay local to each sample (not offset), so
+  ``split_samples`` gives back views equal to the inputs.
+
+  Returns None (send the list as it is) unless every sample has n_node and
+  n_edge of shape [1], numpy arrays of the same keys, dtypes and trailing
+  shapes.
+  """
+  if not graphs:
+    return None
+  sig = _signature(graphs[0])
+  if sig is None or sig[0][:2] != ((1,), (1,)):
+    return None
+  for g in graphs[1:]:
+    if _signature(g) != sig:
+      return None
+
+  def cat(field):
+    return {k: np.concatenate([getattr(g, field)[k] for g in graphs])
+            for k in getattr(graphs[0], field)}
+
+  return jraph.GraphsTuple(
+      nodes=cat("nodes"), edges=cat("edges"), globals=cat("globals"),
+      senders=np.concatenate([g.senders for g in graphs]),
+      receivers=np.concatenate([g.receivers for g in graphs]),
+      n_node=np.concatenate([g.n_node for g in graphs]),
+      n_edge=np.concatenate([g.n_edge for g in graphs]))
+
+
+def split_samples(chunk: jraph.GraphsTuple) -> List[jraph.GraphsTuple]:
+  """Inverse of ``concat_samples``: the samples as views into ``chunk``."""
+  n_node = np.asarray(chunk.n_node)
+  c = n_node.shape[0]
+  # Python-int bounds and basic slices: np.split costs ~10x more per view.
+  node_at = [0] + np.cumsum(n_node).tolist()
+  edge_at = [0] + np.cumsum(np.asarray(chunk.n_edge)).tolist()
+  nodes, edges, globals_ = chunk.nodes, chunk.edges, chunk.globals
+  senders, receivers, n_edge = chunk.senders, chunk.receivers, chunk.n_edge
+  out = []
+  for i in range(c):
+    a, b, e, f = node_at[i], node_at[i + 1], edge_at[i], edge_at[i + 1]
+    out.append(jraph.GraphsTuple(
+        nodes={k: v[a:b] for k, v in nodes.items()},
+        edges={k: v[e:f] for k, v in edges.items()},
+        globals={k: v[i:i + 1] for k, v in globals_.items()},
+        senders=senders[e:f], receivers=receivers[e:f],
+        n_node=n_node[i:i + 1], n_edge=n_edge[i:i + 1]))
+  return out
 
 
 def utilisation(batch: jraph.GraphsTuple) -> Dict[str, float]:

@@ -51,7 +51,7 @@ FORMAT_VERSION = 1
 _FREE_KEYS = ("train", "optim", "batch", "model")
 _FREE_DATA_KEYS = ("path", "format", "workers", "gen_workers", "limit",
                    "cache_dir", "skip_invalid", "whole", "cache_limit",
-                   "stats_sample")
+                   "stats_sample", "worker_chunk")
 
 
 def is_shard_dir(path: str) -> bool:

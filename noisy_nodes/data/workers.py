@@ -82,8 +82,10 @@ def _init(task_cls, config_json: str, task_state: Mapping[str, Any], source,
 
 
 def _featurize(items: Sequence[Tuple[int, int]]):
-  """[(epoch, index)] -> ('ok', [graphs]) or ('error', ...) for the first bad."""
-  from noisy_nodes.data.batching import sample_rng  # pylint: disable=g-import-not-at-top
+  """[(epoch, index)] -> ('packed', concat_samples(graphs)), ('ok', [graphs])
+  when they cannot be concatenated, or an error tuple for the first bad."""
+  from noisy_nodes.data import batching  # pylint: disable=g-import-not-at-top
+  sample_rng = batching.sample_rng
   if _WORKER.get("error"):
     return ("init", os.getpid(), _WORKER["error"])
   task, source = _WORKER["task"], _WORKER["source"]
@@ -105,7 +107,8 @@ def _featurize(items: Sequence[Tuple[int, int]]):
     except Exception as e:  # pylint: disable=broad-except
       return ("other", idx, f"{type(e).__name__}: {e}",
               traceback.format_exc(limit=6))
-  return ("ok", out)
+  packed = batching.concat_samples(out)   # one array per key (compact)
+  return ("packed", packed) if packed is not None else ("ok", out)
 
 
 def _pid(_):
@@ -175,6 +178,9 @@ class FeaturizePool:
     except BrokenProcessPool:
       raise WorkerError(self._death_message(items)) from None
     kind = res[0]
+    if kind == "packed":
+      from noisy_nodes.data import batching  # pylint: disable=g-import-not-at-top
+      return batching.split_samples(res[1])
     if kind == "ok":
       return res[1]
     if kind == "data":

@@ -249,7 +249,14 @@ class Experiment:
         num_shards=jax.device_count(),
         skip_oversized=self.config.batch.get("skip_oversized", False),
         names=names, randomized=randomized, pool=pool,
-        chunk=max(1, min(8, int(budget.max_graphs) // 2)))
+        chunk=self.worker_chunk(budget))
+
+  def worker_chunk(self, budget) -> int:
+    """Samples per worker task (``data.worker_chunk``; 0: about two batches'
+    worth, at most 64): larger chunks spread a task's fixed cost (its future,
+    pipe write and wake-ups in the main process) over more samples."""
+    chunk = int(self.config.data.get("worker_chunk", 0) or 0)
+    return chunk if chunk > 0 else max(1, min(64, 2 * int(budget.max_graphs)))
 
   # -- model ---------------------------------------------------------------------
   def transformed(self) -> hk.TransformedWithState:
