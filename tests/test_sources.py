@@ -143,3 +143,58 @@ def test_list_source_pickles_its_structures():
   back = pickle.loads(pickle.dumps(src))
   np.testing.assert_array_equal(back[0].positions, src[0].positions)
   assert back[0].id == "s2"
+
+
+def _same_structures(a, b):
+  assert a.id == b.id and a.info == b.info and a.targets.keys() == b.targets.keys()
+  np.testing.assert_array_equal(a.atomic_numbers, b.atomic_numbers)
+  np.testing.assert_array_equal(a.positions, b.positions)
+
+
+def test_structure_files_parse_only_the_rows_they_read(tmp_path):
+  """save_structures writes (id, info) per row (structures.IndexRows): a
+  corpus chunk opens without parsing its index, a bad row is a DataError
+  naming FILE[j] when that structure is read, and files written with the
+  older whole-file index still read the same."""
+  from crystal.crysgnn import chunks  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.data import structures as structures_lib  # pylint: disable=g-import-not-at-top
+  from noisy_nodes.data.structures import DataError  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  structs = [_structure(i) for i in range(5)]
+  for i, s in enumerate(structs):
+    s.info.update(space_group=200 + i, source=f"f{i}.cif")
+  path = str(tmp_path / "chunk.npz")
+  structures_lib.save_structures(path, structs)
+  with np.load(path) as z:
+    members = {k: z[k] for k in z.files}
+  assert {"index_rows", "index_rows_at"} <= set(members)
+  for s_new in (sources_lib.NpzSource(path), chunks._Chunk(path)):
+    read = (s_new.structure if isinstance(s_new, chunks._Chunk)
+            else s_new.__getitem__)
+    for i, s in enumerate(structs):
+      _same_structures(read(i), s)
+  # The older layout: one JSON index, no rows.
+  old = dict(members)
+  del old["index_rows"], old["index_rows_at"]
+  old["index_json"] = np.frombuffer(json.dumps(
+      {"ids": [s.id for s in structs], "info": [s.info for s in structs],
+       "targets": {}, "nodes": {}}).encode(), np.uint8)
+  old_path = str(tmp_path / "old.npz")
+  np.savez(old_path, **old)
+  src, chunk = sources_lib.NpzSource(old_path), chunks._Chunk(old_path)
+  for i, s in enumerate(structs):
+    _same_structures(src[i], s)
+    _same_structures(chunk.structure(i), s)
+    assert src.name(i) == s.id
+  # A corrupt row: only its structure fails, naming the file and row.
+  bad = dict(members)
+  rows = bad["index_rows"].copy()
+  at = bad["index_rows_at"]
+  rows[at[3]] = ord("#")
+  bad["index_rows"] = rows
+  bad_path = str(tmp_path / "bad.npz")
+  np.savez(bad_path, **bad)
+  chunk = chunks._Chunk(bad_path)   # opens: nothing parsed yet
+  _same_structures(chunk.structure(2), structs[2])
+  with pytest.raises(DataError, match=r"bad\.npz\[3\]: unreadable index row"):
+    chunk.structure(3)

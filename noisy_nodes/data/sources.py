@@ -278,16 +278,17 @@ class NpzSource(Source):
   ``targets(i)`` / ``num_atoms(i)`` / ``name(i)`` without building it."""
 
   def __init__(self, path: str):
-    from noisy_nodes.data.structures import DataError  # pylint: disable=g-import-not-at-top
+    from noisy_nodes.data.structures import DataError, IndexRows  # pylint: disable=g-import-not-at-top
     self.path = path
     try:
       with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
-      index = json.loads(bytes(arrays.pop("index_json")).decode("utf-8"))
+      self.rows = IndexRows(arrays, path)
+      for k in ("index_json", "index_rows", "index_rows_at"):
+        arrays.pop(k, None)
       n_atoms = arrays.pop("n_atoms")
     except Exception as e:  # pylint: disable=broad-except
       raise DataError(path, f"unreadable structure cache ({e})") from e
-    self.ids, self.info = index["ids"], index["info"]
     self.offsets = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
     self.arrays = arrays
     self.tkeys = [k[2:] for k in arrays if k.startswith("t/")]
@@ -296,10 +297,10 @@ class NpzSource(Source):
                  for k in self.nkeys}
 
   def __len__(self) -> int:
-    return len(self.ids)
+    return len(self.offsets) - 1
 
   def _name(self, i: int) -> str:
-    return str(self.ids[i])
+    return str(self.rows.id(i))
 
   def _num_atoms(self, i: int) -> int:
     return int(self.offsets[i + 1] - self.offsets[i])
@@ -320,10 +321,11 @@ class NpzSource(Source):
       if k.startswith("frames"):
         v = v.reshape((count, -1) + v.shape[1:])
       na[k] = v
-    return Structure(id=self.ids[i], atomic_numbers=a["atomic_numbers"][sl],
+    ident, info = self.rows.row(i)
+    return Structure(id=ident, atomic_numbers=a["atomic_numbers"][sl],
                      positions=a["positions"][sl], cell=a["cell"][i],
                      pbc=a["pbc"][i], targets=self._targets(i),
-                     node_arrays=na, info=self.info[i])
+                     node_arrays=na, info=info)
 
 
 def validated(source: Sequence[Structure], skip_invalid: bool = False,
