@@ -7,6 +7,7 @@ Usage:
   python benchmarks/data_bench.py --only=crysgnn [--quick]   # CrysGNN half only
   python benchmarks/data_bench.py --only=oc20 [--quick]      # OC20 half only
   python benchmarks/data_bench.py --rates_only   # K = 1 vs 2 workers only (20,000)
+  python benchmarks/data_bench.py --device [--device_variant=demo]  # input wait on the accelerator
 
 Without ``--only`` both halves run: OC20 (below), then CrysGNN pre-training
 on a 200,000-crystal corpus (20,000 with --quick; benchmarks/crysgnn_data_bench.py
@@ -95,10 +96,10 @@ def write_folder(path, n_train, n_val, seed=0):
     env.close()
 
 
-def _config(path, steps, workers=0):
+def _config(path, steps, workers=0, variant="demo"):
   sys.path.insert(0, os.path.join(ROOT, "configs"))
   import oc20 as oc20_config  # pylint: disable=g-import-not-at-top
-  c = oc20_config.get_config("demo")
+  c = oc20_config.get_config(variant)
   c.data.path = path
   c.data.workers = workers
   c.train.update(num_steps=steps, log_every=max(1, steps // 3), eval_every=0,
@@ -106,11 +107,11 @@ def _config(path, steps, workers=0):
   return c
 
 
-def _task_config(task, path, steps, workers):
+def _task_config(task, path, steps, workers, variant="demo"):
   if task == "crysgnn":
     from benchmarks import crysgnn_data_bench  # pylint: disable=g-import-not-at-top
     return crysgnn_data_bench.crysgnn_config(path, steps, workers)
-  return _config(path, steps, workers)
+  return _config(path, steps, workers, variant)
 
 
 def peak_rss_mb() -> float:
@@ -157,24 +158,40 @@ def _child(args):
           marks["rss_last_step_mb"] = peak_rss_mb()
   logging.getLogger().addHandler(Steps())
   logging.getLogger().setLevel(logging.INFO)
-  cfg = _task_config(args.task, args.child, args.steps, args.workers)
-  cfg.train.log_every = 1
+  cfg = _task_config(args.task, args.child, args.steps, args.workers,
+                     args.variant)
+  cfg.train.log_every = args.log_every
   workdir = tempfile.mkdtemp(prefix="data_bench_run_")
   try:
     trainer.train(cfg, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    marks["windows"] = [
+        {k: r[k] for k in ("step", "input_wait", "graphs_per_sec") if k in r}
+        for r in rows if r.get("split") == "train"]
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
+  import jax  # pylint: disable=g-import-not-at-top
+  marks["device"] = f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
   marks["peak_rss_mb"] = peak_rss_mb()
   marks["total_s"] = time.time() - t0
   print("RESULT " + json.dumps(marks))
 
 
-def run_child(path, steps, workers=0, task="oc20"):
+def run_child(path, steps, workers=0, task="oc20", variant="demo",
+              log_every=1, platform="cpu"):
+  """One training run in a fresh process (``_child``); ``platform``: the
+  JAX platform it may use ('' = whatever JAX finds: the accelerator)."""
   cmd = [sys.executable, os.path.abspath(__file__), "--child", path,
-         "--steps", str(steps), "--workers", str(workers), "--task", task]
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
+         "--steps", str(steps), "--workers", str(workers), "--task", task,
+         "--variant", variant, "--log_every", str(log_every)]
+  env = dict(os.environ,
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
              NN_COMPILATION_CACHE=os.path.join(os.path.dirname(path), "xla"))
+  if platform:
+    env["JAX_PLATFORMS"] = platform
+  else:
+    env.pop("JAX_PLATFORMS", None)
   out = subprocess.run(cmd, capture_output=True, text=True, env=env,
                        check=False)
   for line in out.stdout.splitlines():
@@ -319,6 +336,40 @@ def oc20_main(args):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def device_main(args):
+  """``--device``: the fraction of the training loop's time spent waiting for
+  the host's next batch (``input_wait``, logged by the trainer) at
+  ``--device_variant`` of configs/oc20.py (default: the paper's width), with
+  K = 1 data worker and with one per core, on whatever accelerator JAX
+  finds, from preprocessed shards of ``--big`` systems (default 20,000)."""
+  big = args.big or 20_000
+  steps = args.steps or 200
+  tmp = tempfile.mkdtemp(prefix="data_bench_device_")
+  try:
+    raw = os.path.join(tmp, "raw")
+    write_folder(raw, big, 200)
+    from noisy_nodes import preprocess  # pylint: disable=g-import-not-at-top
+    shards = os.path.join(tmp, "shards")
+    preprocess.preprocess(_config(raw, 1), shards,
+                          workers=max(1, os.cpu_count() or 1),
+                          shard_size=max(1000, big // 40))
+    log_every = max(1, steps // 10)
+    variant = args.device_variant
+    for k in sorted({1, max(1, os.cpu_count() or 1)}):
+      r = run_child(shards, steps, workers=k, variant=variant,
+                    log_every=log_every, platform="")
+      later = [w for w in r["windows"][1:] if "input_wait" in w]  # no compile
+      wait = float(np.mean([w["input_wait"] for w in later])) if later else 0
+      rate = float(np.mean([w["graphs_per_sec"] for w in later])) if later \
+          else 0
+      print(f"configs/oc20.py:{variant or '(paper width)'} on {r['device']}, "
+            f"data.workers={k}: the loop waits for the host {wait:.1%} of its "
+            f"time ({rate:.0f} systems/s; steps {log_every + 1}-{steps}, "
+            f"{len(later)} windows)", flush=True)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--quick", action="store_true")
@@ -334,11 +385,21 @@ def main():
                  "--big systems, default 20,000), alternated 3 times")
   p.add_argument("--batches", type=int, default=0,
                  help="batches per rate (default 600; 150 with --quick)")
+  p.add_argument("--device", action="store_true",
+                 help="the fraction of step time the accelerator waits for "
+                 "the host, K = 1 and one worker per core (device_main)")
+  p.add_argument("--device_variant", default="",
+                 help="configs/oc20.py variant for --device ('' = paper "
+                 "width; 'demo' to try it on a CPU)")
+  p.add_argument("--variant", default="demo", help=argparse.SUPPRESS)
+  p.add_argument("--log_every", type=int, default=1, help=argparse.SUPPRESS)
   p.add_argument("--task", default="oc20", choices=("oc20", "crysgnn"))
   p.add_argument("--only", default="", choices=("", "oc20", "crysgnn"))
   args = p.parse_args()
   if args.child:
     return _child(args)
+  if args.device:
+    return device_main(args)
   if args.only != "crysgnn":
     oc20_main(args)
   if args.only != "oc20":

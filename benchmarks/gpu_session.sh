@@ -5,7 +5,8 @@
 #   2. DeeperGATGNN at 20 layers on 1,000 Pt10 clusters, batch 100 (the reference config): fp32 and bf16;
 #   3. the PyTorch reference DeeperGATGNN (usccolumbia/deeperGATGNN, a user-supplied clone: its code is not shipped here)
 #      on the same 1,000 clusters, 20 layers, batch 100, on the same GPU (goal: ours >= 5x its training graphs/s);
-#   4. the data-parallel step on 1 (.. all) devices.
+#   4. the data-parallel step on 1 (.. all) devices;
+#   5. the fraction of step time the device waits for the host input pipeline (OC20 paper width, K = 1 and all cores).
 # Every result goes to $OUT (JSON and the printed tables in $OUT/session.log).
 #
 # Usage:
@@ -56,6 +57,7 @@ if [ "$DRY" = 1 ]; then
     --json "$OUT/crystal_bf16.json"
   step "scaling (quick)" python benchmarks/scaling_bench.py --quick --devices 1,2 --json "$OUT/scaling.json"
   step "reference data (dry)" python benchmarks/reference_bench.py --dry
+  step "input wait (quick)" python benchmarks/data_bench.py --device --device_variant=demo --big 2000 --steps 20
 else
   for p in fp32 bf16; do
     step "gns $p" python benchmarks/gns_bench.py --precision "$p" --sections flops --timed 5 \
@@ -70,6 +72,8 @@ else
   else
     echo "=== PyTorch reference skipped: no --reference PATH / DEEPERGATGNN_CHECKOUT" | tee -a "$LOG"
   fi
+  step "input wait, OC20 paper width, K = 1 and all cores" python benchmarks/data_bench.py --device --big 20000 \
+    --steps 200
   N=$(python -c "import jax; print(jax.device_count())")
   DEVS=1; [ "$N" -ge 2 ] && DEVS="1,2"; [ "$N" -ge 4 ] && DEVS="1,2,4"
   step "scaling, DeeperGATGNN 20 layers" python benchmarks/scaling_bench.py --config configs/deeper_gatgnn.py \

@@ -77,7 +77,7 @@ def test_overfits_tiny_dataset_through_the_cli(tmp_path):
   train = [r for r in rows if r["split"] == "train"]
   assert train[0]["loss"] > 0.3
   assert train[-1]["loss"] < 0.01, train[-1]
-  for key in ("graphs_per_sec", "util_nodes", "lr", "step"):
+  for key in ("graphs_per_sec", "input_wait", "util_nodes", "lr", "step"):
     assert key in train[-1]
   assert os.path.exists(os.path.join(workdir, "config.json"))
   assert os.listdir(os.path.join(workdir, "tensorboard"))
@@ -232,7 +232,7 @@ def test_splits_over_the_cache_limit_stream_with_the_same_results(tmp_path):
     trainer.train(c, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       rows[limit] = [{k: v for k, v in json.loads(line).items()
-                      if k not in ("graphs_per_sec", "eval_seconds")}
+                      if k not in ("graphs_per_sec", "eval_seconds", "input_wait")}
                      for line in f]
   exp = trainer.Experiment(c, "")
   assert isinstance(exp.graphs("val"), trainer._LazyGraphs)  # pylint: disable=protected-access

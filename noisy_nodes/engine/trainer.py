@@ -582,13 +582,16 @@ class _Run:
 
 class MetricsWindow:
   """Means of the step metrics, batch utilisation and the throughput over
-  the steps since the last log line."""
+  the steps since the last log line, and ``input_wait``: the fraction of the
+  window's wall time the loop spent waiting for its next batch (the host
+  input pipeline not keeping up; ~0 when it does)."""
 
   def __init__(self):
     self.reset()
 
   def reset(self):
     self.graphs, self.steps, self.sums, self.t = 0, 0, {}, time.time()
+    self.wait = 0.0
 
   def add(self, metrics: Dict[str, Any], batch: batching.Batch):
     self.graphs += batch.num_graphs
@@ -602,6 +605,7 @@ class MetricsWindow:
     dt = time.time() - self.t
     vals = {k: v / self.steps for k, v in self.sums.items()}
     vals["graphs_per_sec"] = self.graphs * jax.process_count() / max(dt, 1e-9)
+    vals["input_wait"] = self.wait / max(dt, 1e-9)
     return vals
 
 
@@ -727,7 +731,9 @@ def _loop(run: _Run, stream: batching.GraphStream, step_fn,
   val_metrics: Dict[str, Any] = {}
   try:
     while run.step < num_steps:
+      t_wait = time.perf_counter()
       batch = next(batches)
+      window.wait += time.perf_counter() - t_wait
       for msg in batch.skipped:
         logging.warning("skipped oversized sample %s", msg)
       graph = parallel.shard_batch(batch.graph, exp.mesh)
