@@ -35,7 +35,11 @@ students on a bulk-crystal property of the pre-training corpus's space.
    quarter of the run (its best value there within ``--flat_tol`` of the
    best before it); unconverged cells are marked.
 Writes OUT/results.json (every run), OUT/results.md (mean ± std table) and
-OUT/results.png.
+OUT/results.png. Every finished run leaves ``result.json`` in its directory
+and is not trained again: the sweep resumes, and after one
+``--prepare_only`` call (data + teacher) several processes can share
+``--out`` (e.g. ``--seeds=0`` and ``--seeds=1,2``; a last call with every
+seed writes the table).
 """
 from __future__ import annotations
 
@@ -212,6 +216,10 @@ def main(argv=None):
   p.add_argument("--modes", default=",".join(MODES))
   p.add_argument("--flat_tol", type=float, default=0.02)
   p.add_argument("--workers", type=int, default=2)
+  p.add_argument("--prepare_only", action="store_true",
+                 help="make the data and pre-train the teacher, print the "
+                 "baselines, train no student (run once before several "
+                 "processes share --out)")
   p.add_argument("--tiny", action="store_true",
                  help="end-to-end check in a few minutes (meaningless "
                       "numbers): tiny corpus, teacher and students")
@@ -233,34 +241,54 @@ def main(argv=None):
     generators.write_dataset(corpus_dir, alloys.alloy_crystals(
         args.pretrain_alloys, start=args.n_labelled))
   teacher = ensure_teacher(args, corpus_dir)
+  sizes = list(map(int, args.sizes.split(",")))
+  baseline = _baselines(student_config("cgcnn", "vanilla", sizes[0], 0,
+                                       teacher, data, args))
+  if args.prepare_only:
+    print(json.dumps({"teacher": teacher, "baseline": baseline}))
+    return
   rows, path = [], os.path.join(args.out, "results.json")
-  baseline = None
   for seed in map(int, args.seeds.split(",")):
-    for size in map(int, args.sizes.split(",")):
+    for size in sizes:
       for student in args.students.split(","):
         for mode in args.modes.split(","):
           if mode == "finetuned" and student != "cgcnn":
             continue          # no teacher-shaped DeeperGATGNN encoder.
-          cfg = student_config(student, mode, size, seed, teacher, data, args)
           workdir = os.path.join(args.out,
                                  f"{student}_{mode}_n{size}_s{seed}")
-          trainer.train(cfg, workdir)
-          test = noisy_nodes.load(workdir, "best").evaluate("test")
-          if baseline is None:
-            baseline = _baselines(cfg)
-          rows.append({"student": student, "mode": mode, "size": size,
-                       "seed": seed, "test_mae": test["mae"],
-                       "best_step": test["step"],
-                       "steps": int(cfg.train.num_steps),
-                       "converged": converged(workdir, args.flat_tol)})
+          rows.append(run_one(student, mode, size, seed, teacher, data,
+                              workdir, args))
           logging.info("%s %s n=%d seed=%d: test MAE %.4f", student, mode,
-                       size, seed, test["mae"])
+                       size, seed, rows[-1]["test_mae"])
           with open(path, "w") as f:
             json.dump({"rows": rows, "baseline": baseline, "args": vars(args),
                        "teacher": teacher, "seconds": time.time() - t0}, f,
                       indent=1)
   print(write_outputs(args, rows, baseline))
   print(f"done in {time.time() - t0:.0f} s")
+
+
+def run_one(student, mode, size, seed, teacher, data, workdir, args) -> Dict:
+  """Trains one student run (resuming its checkpoint) and scores its best
+  checkpoint on the test split; a finished run's ``result.json`` is read
+  back instead, so the sweep resumes and several processes (e.g. one per
+  ``--seeds`` value) can share ``--out`` once ``--prepare_only`` has made
+  the data and the teacher."""
+  done = os.path.join(workdir, "result.json")
+  if os.path.exists(done):
+    with open(done) as f:
+      return json.load(f)
+  cfg = student_config(student, mode, size, seed, teacher, data, args)
+  trainer.train(cfg, workdir)
+  test = noisy_nodes.load(workdir, "best").evaluate("test")
+  row = {"student": student, "mode": mode, "size": size, "seed": seed,
+         "test_mae": test["mae"], "best_step": test["step"],
+         "steps": int(cfg.train.num_steps),
+         "converged": converged(workdir, args.flat_tol)}
+  with open(done + ".tmp", "w") as f:
+    json.dump(row, f, indent=1)
+  os.replace(done + ".tmp", done)
+  return row
 
 
 def _baselines(cfg) -> Dict[str, float]:
