@@ -188,7 +188,7 @@ class IndexRows:
   one row at a time.
 
   A reader of a memory-mapped corpus chunk asks for a few structures of its
-  10,000; parsing the whole index when it opens the chunk (~50 ms) made a
+  10,000; parsing the whole index when it opens the chunk (~30 ms) made a
   200,000-crystal stream 4x slower than a 20,000 one (its workers reopened
   chunks). ``arrays``: the file's members (arrays or memmaps). Files written
   before the rows existed hold one JSON index, parsed whole.
