@@ -23,7 +23,8 @@ students on a bulk-crystal property of the pre-training corpus's space.
                 the teacher's graph);
      deeper     DeeperGATGNN 10 layers on its own reference graph (the
                 teacher's graph rides along per atom);
-   modes: vanilla (δ = 1, random init), distilled (δ = 0.5, eq. 3) and
+   modes: vanilla (δ = 1, random init; trained as a plain property task,
+   without running the teacher), distilled (δ = 0.5, eq. 3) and
    fine-tuned (δ = 1, the teacher's encoder as init; only for a student with
    the teacher's architecture, so the cgcnn student's fine-tuned row uses
    the teacher's 5-layer encoder without input bias plus the student head;
@@ -67,7 +68,7 @@ MODES = ("vanilla", "distilled", "finetuned")
 STUDENTS = ("cgcnn", "deeper")
 
 
-class SizedDistillTask(CrysGNNDistillTask):
+class _Sized:
   """Keeps the first ``data.train_size`` of a seeded permutation of the
   training split (nested across sizes); validation and test unchanged."""
 
@@ -83,6 +84,15 @@ class SizedDistillTask(CrysGNNDistillTask):
     return splits
 
 
+class SizedDistillTask(_Sized, CrysGNNDistillTask):
+  """Distilled and fine-tuned students on a training subset."""
+
+
+class SizedPropertyTask(_Sized, CrystalPropertyTask):
+  """Vanilla students: δ = 1 gives the KD term no weight, so the teacher is
+  not run at all (same data, splits, student and optimiser)."""
+
+
 def _config(name):
   return importlib.import_module(f"configs.{name}")
 
@@ -91,7 +101,11 @@ def student_config(student: str, mode: str, size: int, seed: int,
                    teacher: str, data: str, args):
   distill_cfg = _config("crysgnn_distill")
   cfg = distill_cfg.get_config("finetune" if mode == "finetuned" else "")
-  cfg.task = f"{sys.modules[__name__].__name__}:SizedDistillTask"
+  task = "SizedPropertyTask" if mode == "vanilla" else "SizedDistillTask"
+  # The importable module name (not "__main__" under ``python -m``), so a
+  # saved run loads in any process (noisy_nodes.load).
+  module = __spec__.name if __spec__ is not None else __name__
+  cfg.task = f"{module}:{task}"
   cfg.teacher.workdir = teacher
   cfg.data.update(path=data, cache_dir=os.path.join(args.out, "cache"),
                   split=(0.8, 0.1, 0.1), seed=0)
