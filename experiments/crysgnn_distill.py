@@ -39,8 +39,10 @@ Writes OUT/results.json (every run), OUT/results.md (mean ± std table) and
 OUT/results.png. Every finished run leaves ``result.json`` in its directory
 and is not trained again: the sweep resumes, and after one
 ``--prepare_only`` call (data + teacher) several processes can share
-``--out`` (e.g. ``--seeds=0`` and ``--seeds=1,2``; a last call with every
-seed writes the table).
+``--out``: each claims the runs it trains (``claim.pid`` in the run's
+directory) and skips those another live process holds, so the same command
+started twice trains disjoint runs; the last to finish, or a rerun, writes
+the table.
 """
 from __future__ import annotations
 
@@ -261,7 +263,7 @@ def main(argv=None):
   if args.prepare_only:
     print(json.dumps({"teacher": teacher, "baseline": baseline}))
     return
-  rows, path = [], os.path.join(args.out, "results.json")
+  rows, path, elsewhere = [], os.path.join(args.out, "results.json"), []
   for seed in map(int, args.seeds.split(",")):
     for size in sizes:
       for student in args.students.split(","):
@@ -270,16 +272,67 @@ def main(argv=None):
             continue          # no teacher-shaped DeeperGATGNN encoder.
           workdir = os.path.join(args.out,
                                  f"{student}_{mode}_n{size}_s{seed}")
+          if not os.path.exists(os.path.join(workdir, "result.json")) and \
+              not claim(workdir):
+            elsewhere.append(workdir)   # another process is training it.
+            continue
           rows.append(run_one(student, mode, size, seed, teacher, data,
                               workdir, args))
           logging.info("%s %s n=%d seed=%d: test MAE %.4f", student, mode,
                        size, seed, rows[-1]["test_mae"])
-          with open(path, "w") as f:
-            json.dump({"rows": rows, "baseline": baseline, "args": vars(args),
-                       "teacher": teacher, "seconds": time.time() - t0}, f,
-                      indent=1)
+  # Runs that other processes finished meanwhile are read back, so the last
+  # process to finish writes the whole table.
+  for workdir in list(elsewhere):
+    done = os.path.join(workdir, "result.json")
+    if os.path.exists(done):
+      with open(done) as f:
+        rows.append(json.load(f))
+      elsewhere.remove(workdir)
+  if elsewhere:
+    # A partial table must not overwrite a full one: the last process to
+    # finish (or a rerun of the same command) writes it.
+    print(f"{len(elsewhere)} runs are being trained by other processes "
+          f"({', '.join(map(os.path.basename, elsewhere))}); rerun this "
+          f"command once they finish to write the table.")
+    return
+  with open(path, "w") as f:
+    json.dump({"rows": rows, "baseline": baseline, "args": vars(args),
+               "teacher": teacher, "seconds": time.time() - t0}, f, indent=1)
   print(write_outputs(args, rows, baseline))
   print(f"done in {time.time() - t0:.0f} s")
+
+
+def claim(workdir: str) -> bool:
+  """Claims an unfinished run for this process (``workdir/claim.pid``):
+  False while another live process holds it, so processes sharing ``--out``
+  split the runs between them. A dead holder's claim is taken over (its run
+  resumes from its checkpoint)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "claim.pid")
+  try:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+  except FileExistsError:
+    try:
+      with open(path) as f:
+        pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+      pid = 0
+    if pid == os.getpid():
+      return True
+    if pid > 0:
+      try:
+        os.kill(pid, 0)
+        return False            # alive: someone else's run.
+      except ProcessLookupError:
+        pass
+      except PermissionError:
+        return False
+    with open(path, "w") as f:  # stale: take it over.
+      f.write(str(os.getpid()))
+    return True
+  with os.fdopen(fd, "w") as f:
+    f.write(str(os.getpid()))
+  return True
 
 
 def run_one(student, mode, size, seed, teacher, data, workdir, args) -> Dict:
