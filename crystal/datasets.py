@@ -24,6 +24,7 @@ import numpy as np
 
 import jraph
 
+from noisy_nodes.data import atomic
 from noisy_nodes.data.structures import DataError, Structure
 from noisy_nodes.data.workers import single_threaded_children
 
@@ -102,9 +103,7 @@ def save_graphs(path: str, graphs: Sequence[jraph.GraphsTuple],
           [np.asarray(getattr(g, sec)[k]) for g in graphs])
   index = {"ids": list(ids), "meta": meta or {}}
   arrays["index_json"] = np.frombuffer(json.dumps(index).encode(), np.uint8)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  atomic.savez(path, **arrays)
 
 
 def load_graphs(path: str) -> Tuple[List[jraph.GraphsTuple], List[str], dict]:

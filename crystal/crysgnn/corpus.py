@@ -55,6 +55,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from noisy_nodes.data import atomic
 from noisy_nodes.data.structures import DataError, Structure, save_structures
 from crystal.crysgnn.chunks import CorpusSource
 from crystal.crysgnn import synthetic
@@ -269,10 +270,8 @@ def build_corpus(out: str, n: int, seed: int = 0, workers: int = 2,
           else:
             structures.append(s)
       save_structures(path, structures)
-      tmp = _sidecar(path) + ".tmp"
-      with open(tmp, "w") as f:
-        json.dump({"count": len(structures), "failures": failures}, f)
-      os.replace(tmp, _sidecar(path))
+      atomic.write_text(_sidecar(path), json.dumps(
+          {"count": len(structures), "failures": failures}))
       produced += len(structures)
       manifest["failures"] += failures
       manifest["chunks"].append({"path": os.path.basename(path),
@@ -289,10 +288,7 @@ def build_corpus(out: str, n: int, seed: int = 0, workers: int = 2,
       n_structures=sum(c["count"] for c in manifest["chunks"]),
       n_failures=len(manifest["failures"]), seconds=elapsed,
       structures_per_s=produced / max(elapsed, 1e-9), workers=workers)
-  tmp = out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(manifest, f, indent=1)
-  os.replace(tmp, out)
+  atomic.write_text(out, json.dumps(manifest, indent=1))
   return manifest
 
 

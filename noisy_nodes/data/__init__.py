@@ -7,7 +7,8 @@ and dynamic batching (no model, no paper).
 ``neighbors``   periodic radius / k-nearest neighbour lists (vesin search);
 ``graphs``      a structure -> single-graph ``jraph.GraphsTuple``;
 ``batching``    node/edge/graph budgets, padding and the resumable stream;
-``workers``     ``data.workers`` featurisation processes.
+``workers``     ``data.workers`` featurisation processes;
+``atomic``      cache files written atomically by concurrent processes.
 
 The names below are imported on first use (``noisy_nodes.data.pad_graphs``).
 """

@@ -42,6 +42,7 @@ from typing import Any, Dict, List, Optional
 import jraph
 import numpy as np
 
+from noisy_nodes.data import atomic
 from noisy_nodes.data.sources import LazyHandle, Source
 from noisy_nodes.data.structures import DataError, Structure
 
@@ -175,7 +176,7 @@ def write_shard(path: str, structures, graphs, keep_graphs: bool) -> None:
   stored in the records when ``keep_graphs``).
   """
   import lmdb  # pylint: disable=g-import-not-at-top
-  tmp = path + ".tmp"
+  tmp = f"{path}.tmp{os.getpid()}"  # one writer per process (atomic.py)
   for p in (tmp, tmp + "-lock"):
     if os.path.exists(p):
       os.remove(p)
@@ -224,9 +225,7 @@ def write_shard(path: str, structures, graphs, keep_graphs: bool) -> None:
       if v is not None:
         arr[i, :v.size] = v
     out[f"t/{k}"] = arr
-  tmp_meta = path[:-len(".lmdb")] + ".meta.tmp.npz"
-  np.savez(tmp_meta, **out)
-  os.replace(tmp_meta, meta_path(path))
+  atomic.savez(meta_path(path), **out)
 
 
 def meta_path(shard_path: str) -> str:

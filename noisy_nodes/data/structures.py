@@ -18,6 +18,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from noisy_nodes.data import atomic
+
 MAX_ATOMIC_NUMBER = 118
 # Models train in float32: a target beyond this is inf there (numpy: a warning).
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -178,9 +180,7 @@ def save_structures(path: str, structures: Sequence[Structure]) -> None:
     arrays[f"nc/{key}"] = counts
   arrays["index_json"] = np.frombuffer(
       json.dumps(index).encode("utf-8"), np.uint8)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  atomic.savez(path, **arrays)
 
 
 class IndexRows:

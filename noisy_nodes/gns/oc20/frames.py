@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from noisy_nodes.data import atomic
 from noisy_nodes.data.sources import LazyHandle
 from noisy_nodes.data.structures import DataError
 from noisy_nodes.gns.oc20 import legacy_lmdb
@@ -135,10 +136,9 @@ class FramesSource:
     keys = np.array(key_of, np.int64)[order]
     if cache:
       os.makedirs(cache_dir, exist_ok=True)
-      tmp = cache + ".tmp.npz"
-      np.savez(tmp, start=start, file_index=files, key=keys,
-               sids_json=np.frombuffer(json.dumps(names).encode(), np.uint8))
-      os.replace(tmp, cache)
+      atomic.savez(cache, start=start, file_index=files, key=keys,
+                   sids_json=np.frombuffer(json.dumps(names).encode(),
+                                           np.uint8))
     self._set_index(names, start, files, keys)
 
   def _set_index(self, sids: List[str], start, files, keys) -> None:
