@@ -42,7 +42,10 @@ and is not trained again: the sweep resumes, and after one
 ``--out``: each claims the runs it trains (``claim.pid`` in the run's
 directory) and skips those another live process holds, so the same command
 started twice trains disjoint runs; the last to finish, or a rerun, writes
-the table.
+the table. ``--ledger=DIR`` also keeps every finished run's row in DIR
+(experiments/ledger.py, with the settings and a digest of the teacher it
+was trained under): a sweep longer than one sitting commits DIR and the
+teacher, and a rerun on a fresh machine trains only the runs DIR lacks.
 """
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ from crystal import generators
 from crystal.crysgnn import alloys
 from crystal.crysgnn.tasks import CrysGNNDistillTask
 from crystal.tasks import CrystalPropertyTask
+from experiments import ledger as ledger_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)  # configs/
@@ -232,6 +236,10 @@ def main(argv=None):
   p.add_argument("--modes", default=",".join(MODES))
   p.add_argument("--flat_tol", type=float, default=0.02)
   p.add_argument("--workers", type=int, default=2)
+  p.add_argument("--ledger", default="",
+                 help="directory of finished runs' rows, kept across "
+                 "machines (experiments/ledger.py): runs it holds are not "
+                 "trained again, new ones are added")
   p.add_argument("--prepare_only", action="store_true",
                  help="make the data and pre-train the teacher, print the "
                  "baselines, train no student (run once before several "
@@ -261,8 +269,15 @@ def main(argv=None):
   baseline = _baselines(student_config("cgcnn", "vanilla", sizes[0], 0,
                                        teacher, data, args))
   if args.prepare_only:
-    print(json.dumps({"teacher": teacher, "baseline": baseline}))
+    print(json.dumps({"teacher": teacher, "baseline": baseline,
+                      "teacher_digest": teacher_digest(teacher)}))
     return
+  ledger = ledger_lib.Ledger(args.ledger, {
+      k: getattr(args, k) for k in (
+          "corpus_n", "pretrain_alloys", "teacher_epochs", "n_labelled",
+          "epochs", "deeper_layers", "flat_tol")} | {
+              "teacher_digest": teacher_digest(teacher)}) if args.ledger \
+      else None
   rows, path, elsewhere = [], os.path.join(args.out, "results.json"), []
   for seed in map(int, args.seeds.split(",")):
     for size in sizes:
@@ -270,23 +285,33 @@ def main(argv=None):
         for mode in args.modes.split(","):
           if mode == "finetuned" and student != "cgcnn":
             continue          # no teacher-shaped DeeperGATGNN encoder.
-          workdir = os.path.join(args.out,
-                                 f"{student}_{mode}_n{size}_s{seed}")
+          name = f"{student}_{mode}_n{size}_s{seed}"
+          workdir = os.path.join(args.out, name)
+          if ledger is not None and ledger.get(name) is not None:
+            rows.append(ledger.get(name))
+            continue
           if not os.path.exists(os.path.join(workdir, "result.json")) and \
               not claim(workdir):
             elsewhere.append(workdir)   # another process is training it.
             continue
           rows.append(run_one(student, mode, size, seed, teacher, data,
                               workdir, args))
+          if ledger is not None:
+            ledger.put(name, rows[-1])
           logging.info("%s %s n=%d seed=%d: test MAE %.4f", student, mode,
                        size, seed, rows[-1]["test_mae"])
   # Runs that other processes finished meanwhile are read back, so the last
   # process to finish writes the whole table.
   for workdir in list(elsewhere):
     done = os.path.join(workdir, "result.json")
-    if os.path.exists(done):
+    row = ledger.get(os.path.basename(workdir)) if ledger else None
+    if row is None and os.path.exists(done):
       with open(done) as f:
-        rows.append(json.load(f))
+        row = json.load(f)
+      if ledger is not None:
+        ledger.put(os.path.basename(workdir), row)
+    if row is not None:
+      rows.append(row)
       elsewhere.remove(workdir)
   if elsewhere:
     # A partial table must not overwrite a full one: the last process to
@@ -300,6 +325,21 @@ def main(argv=None):
                "teacher": teacher, "seconds": time.time() - t0}, f, indent=1)
   print(write_outputs(args, rows, baseline))
   print(f"done in {time.time() - t0:.0f} s")
+
+
+def teacher_digest(teacher: str) -> str:
+  """A digest of the teacher's config and best checkpoint: ledger rows of
+  students distilled from another teacher must not mix into one table."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha256()
+  paths = [os.path.join(teacher, "config.json")]
+  for root, _, files in os.walk(os.path.join(teacher, "best")):
+    paths += [os.path.join(root, f) for f in files]
+  for path in sorted(paths):
+    h.update(os.path.relpath(path, teacher).encode())
+    with open(path, "rb") as f:
+      h.update(f.read())
+  return h.hexdigest()[:16]
 
 
 def claim(workdir: str) -> bool:

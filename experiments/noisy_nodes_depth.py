@@ -24,7 +24,10 @@ seeds of the best validation error (``positions_mae`` in Å for IS2RS,
 each run was found flat, and the baseline (unrelaxed positions / mean
 predictor).  ``<out>/depth.png``: error vs total message-passing steps
 (mean ± std); ``<out>/curves.png``: every validation curve with its flat
-window shaded.  Reruns skip finished runs and resume unfinished ones.
+window shaded.  Reruns skip finished runs and resume unfinished ones;
+``--ledger=DIR`` keeps finished runs' records across machines (a sweep
+longer than one sitting: commit DIR, rerun elsewhere, only the rest
+trains).
 """
 import argparse
 import json
@@ -41,6 +44,7 @@ sys.path.insert(0, ROOT)
 import noisy_nodes  # noqa: E402,F401
 from noisy_nodes.engine import trainer  # noqa: E402
 from configs import oc20 as oc20_config  # noqa: E402  pylint: disable=g-import-not-at-top
+from experiments import ledger as ledger_lib  # noqa: E402
 
 VARIANTS = {"is2rs": (("no noise", "demo,is2rs,no_noise"),
                       ("Noisy Nodes", "demo,is2rs")),
@@ -87,10 +91,14 @@ def flat_since(curve, key, tol, min_evals=8):
   return None
 
 
-def train_until_flat(variant, layout, seed, args, key):
-  """Trains (resuming) in chunks until flat or max_steps; the run's record."""
+def train_until_flat(variant, layout, seed, args, key, ledger=None):
+  """Trains (resuming) in chunks until flat or max_steps; the run's record
+  (read back from ``ledger`` when it holds the run, added to it if not)."""
   tag = variant.replace(",", "_")
-  workdir = os.path.join(args.out, f"{tag}_{layout[0]}x{layout[1]}_s{seed}")
+  name = f"{tag}_{layout[0]}x{layout[1]}_s{seed}"
+  workdir = os.path.join(args.out, name)
+  if ledger is not None and ledger.get(name) is not None:
+    return ledger.get(name)
   while True:
     curve = val_curve(workdir, key)
     done = curve[-1]["step"] if curve else 0
@@ -106,6 +114,8 @@ def train_until_flat(variant, layout, seed, args, key):
   if "adwt" in best:
     out["adwt"] = max(r["adwt"] for r in curve)
     out["baseline_adwt"] = best.get("baseline_adwt")
+  if ledger is not None:
+    ledger.put(name, out)
   return out
 
 
@@ -203,6 +213,10 @@ def main():
   p.add_argument("--width", type=int, default=64)
   p.add_argument("--limit", type=int, default=0,
                  help="at most this many systems per split (0: all)")
+  p.add_argument("--ledger", default="",
+                 help="directory of finished runs' records, kept across "
+                 "machines (experiments/ledger.py): runs it holds are not "
+                 "trained again, new ones are added")
   args = p.parse_args()
   args.seed_list = [int(s) for s in args.seeds.split(",")]
   layouts = [tuple(int(x) for x in l.split("x"))
@@ -211,10 +225,14 @@ def main():
   os.makedirs(args.out, exist_ok=True)
   key, variants = METRIC[args.task], VARIANTS[args.task]
   results, t0 = {}, time.time()
+  ledger = ledger_lib.Ledger(args.ledger, {
+      k: getattr(args, k) for k in ("task", "chunk", "evals_per_chunk",
+                                    "max_steps", "flat_tol", "width",
+                                    "limit")}) if args.ledger else None
   for layout in layouts:
     for name, variant in variants:
       for seed in args.seed_list:
-        r = train_until_flat(variant, layout, seed, args, key)
+        r = train_until_flat(variant, layout, seed, args, key, ledger)
         results[(variant, layout, seed)] = r
         print(f"{name:>12s} {layout[0]}x{layout[1]} seed {seed}: best "
               f"{key} {r['best']:.4f} after {r['steps']} steps (flat since "

@@ -26,3 +26,29 @@ def test_processes_sharing_out_split_the_runs(tmp_path):
   assert claim(run)
   with open(os.path.join(run, "claim.pid")) as f:
     assert f.read() == str(os.getpid())
+
+
+def test_ledger_keeps_finished_runs_and_refuses_other_settings(tmp_path):
+  import json
+  import pytest
+  from experiments.ledger import Ledger, LedgerMismatch
+  settings = {"epochs": 300, "sizes": (200, 800)}
+  led = Ledger(str(tmp_path / "ledger"), settings)
+  assert led.get("cgcnn_vanilla_n200_s0") is None
+  led.put("cgcnn_vanilla_n200_s0", {"test_mae": 0.0144, "size": 200})
+  # A fresh process (a later sitting on another machine) reads it back;
+  # tuples and lists compare equal after the JSON round trip.
+  again = Ledger(str(tmp_path / "ledger"), {"sizes": [200, 800],
+                                            "epochs": 300})
+  assert again.get("cgcnn_vanilla_n200_s0") == {"test_mae": 0.0144,
+                                                "size": 200}
+  assert again.names() == ["cgcnn_vanilla_n200_s0"]
+  longer = Ledger(str(tmp_path / "ledger"), dict(settings, epochs=1000))
+  with pytest.raises(LedgerMismatch, match=r"cgcnn_vanilla_n200_s0\.json.*"
+                     r"epochs=300 \(now 1000\)"):
+    longer.get("cgcnn_vanilla_n200_s0")
+  (tmp_path / "ledger" / "broken.json").write_text(json.dumps({"row": {}}))
+  with pytest.raises(ValueError, match="broken.json: not a ledger entry"):
+    led.get("broken")
+  with pytest.raises(ValueError, match="bad run name"):
+    led.put("../escape", {})
