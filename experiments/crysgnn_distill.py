@@ -3,7 +3,7 @@ students on a bulk-crystal property of the pre-training corpus's space.
 
   python -m experiments.crysgnn_distill --out=runs/crysgnn_exp \
       [--corpus_n=20000] [--pretrain_alloys=5000] [--n_labelled=4000] \
-      [--sizes=200,800,3200] [--seeds=0,1,2] [--epochs=300] [--teacher=DIR]
+      [--sizes=200,800,3200] [--seeds=0,1,2] [--epochs=1000] [--teacher=DIR]
   python -m experiments.crysgnn_distill --out=runs/crysgnn_tiny --tiny  # check
 
 1. Pre-training corpus: ``--corpus_n`` generated crystals
@@ -30,11 +30,14 @@ students on a bulk-crystal property of the pre-training corpus's space.
    the teacher's 5-layer encoder without input bias plus the student head;
    none for DeeperGATGNN).
    Every run: configs/crysgnn_distill.py's reference optimiser (Adam 0.003,
-   lr × 0.1 after a tenth of the epochs, batches of 128) for ``--epochs``
-   epochs of its training subset; selection on validation MAE; test MAE of
-   the best checkpoint. Converged = the validation MAE flat over the last
-   quarter of the run (its best value there within ``--flat_tol`` of the
-   best before it); unconverged cells are marked.
+   lr × 0.1 after ``--decay_epoch`` = 100, batches of 128), trained in
+   chunks of ``--chunk_epochs`` (resuming) until its validation MAE is flat
+   over the last quarter of the run (its best value there within
+   ``--flat_tol`` of the best before it), after at least ``--min_epochs``
+   and at most ``--epochs`` = 1000 epochs (the reference trains all 1000;
+   stopping once flat is our saving, the schedule is the same); selection
+   on validation MAE; test MAE of the best checkpoint; runs not flat at
+   the cap are marked.
 Writes OUT/results.json (every run), OUT/results.md (mean ± std table) and
 OUT/results.png. Every finished run leaves ``result.json`` in its directory
 and is not trained again: the sweep resumes, and after one
@@ -127,11 +130,13 @@ def student_config(student: str, mode: str, size: int, seed: int,
     cfg.model, cfg.data.graph = lib.model, lib.data.graph
     cfg.model.num_layers = args.deeper_layers
   cfg.batch.max_graphs = min(128, size)
-  distill_cfg.set_epochs(cfg, size, args.epochs, max(1, args.epochs // 10))
-  steps = int(cfg.train.num_steps)
-  cfg.train.update(seed=seed, log_every=max(1, steps // 20),
-                   eval_every=max(1, steps // 40),
-                   checkpoint_every=max(1, steps // 4))
+  # The reference's schedule (lr x 0.1 at --decay_epoch) fixed by steps, so
+  # training in chunks (run_one) does not change it.
+  distill_cfg.set_epochs(cfg, size, args.epochs, args.decay_epoch)
+  per_epoch = int(cfg.train.num_steps) // args.epochs
+  cfg.train.update(seed=seed, log_every=per_epoch * args.eval_epochs,
+                   eval_every=per_epoch * args.eval_epochs,
+                   checkpoint_every=per_epoch * args.chunk_epochs)
   cfg.distill.delta = 0.5 if mode == "distilled" else 1.0
   cfg.init_from_teacher = mode == "finetuned"
   return cfg
@@ -172,8 +177,11 @@ def write_outputs(args, rows: List[Dict], baseline: Dict) -> str:
   sizes = sorted({r["size"] for r in rows})
   seeds = sorted({r["seed"] for r in rows})
   lines = [f"Test MAE (meV/atom) of EMT formation energies of bulk alloy "
-           f"crystals, mean ± std over seeds {seeds}, {args.epochs} epochs "
-           f"per run (* = some run not converged). Mean predictor "
+           f"crystals, mean ± std over seeds {seeds}; every run trained "
+           f"until its validation MAE was flat over its last quarter "
+           f"(within {args.flat_tol:.0%}), after at least {args.min_epochs} "
+           f"and at most {args.epochs} epochs (* = some run not flat at "
+           f"the cap). Mean predictor "
            f"{1e3 * baseline['mean']:.1f}, composition least squares "
            f"{1e3 * baseline['composition']:.1f}.", "",
            "| student | train size | " + " | ".join(MODES) + " |",
@@ -230,7 +238,17 @@ def main(argv=None):
   p.add_argument("--n_labelled", type=int, default=4000)
   p.add_argument("--sizes", default="200,800,3200")
   p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--epochs", type=int, default=300)
+  p.add_argument("--epochs", type=int, default=1000,
+                 help="at most this many epochs per student (the "
+                 "reference's 1000)")
+  p.add_argument("--decay_epoch", type=int, default=100,
+                 help="lr x 0.1 after this epoch (the reference's 100)")
+  p.add_argument("--chunk_epochs", type=int, default=50,
+                 help="flatness is checked every this many epochs")
+  p.add_argument("--min_epochs", type=int, default=200,
+                 help="no student stops before this epoch")
+  p.add_argument("--eval_epochs", type=int, default=5,
+                 help="validation every this many epochs")
   p.add_argument("--deeper_layers", type=int, default=10)
   p.add_argument("--students", default=",".join(STUDENTS))
   p.add_argument("--modes", default=",".join(MODES))
@@ -250,7 +268,9 @@ def main(argv=None):
   args = p.parse_args(argv)
   if args.tiny:
     args.corpus_n, args.pretrain_alloys, args.n_labelled = 16, 16, 60
-    args.sizes, args.seeds, args.epochs = "24", "0", 3
+    args.sizes, args.seeds, args.epochs = "24", "0", 4
+    args.decay_epoch = args.chunk_epochs = args.min_epochs = 2
+    args.eval_epochs = 1
     args.deeper_layers = 2
   os.makedirs(args.out, exist_ok=True)
   t0 = time.time()
@@ -259,7 +279,8 @@ def main(argv=None):
   if not os.path.exists(os.path.join(data, "targets.csv")):
     generators.write_dataset(data, alloys.alloy_crystals(args.n_labelled))
   corpus_dir = os.path.join(args.out, "pretrain_alloys")
-  if not os.path.exists(os.path.join(corpus_dir, "targets.csv")):
+  if not args.teacher and not os.path.exists(
+      os.path.join(corpus_dir, "targets.csv")):
     # One structure file each (the corpus reads files; targets.csv is
     # skipped, so the teacher never sees a label).
     generators.write_dataset(corpus_dir, alloys.alloy_crystals(
@@ -275,7 +296,8 @@ def main(argv=None):
   ledger = ledger_lib.Ledger(args.ledger, {
       k: getattr(args, k) for k in (
           "corpus_n", "pretrain_alloys", "teacher_epochs", "n_labelled",
-          "epochs", "deeper_layers", "flat_tol")} | {
+          "epochs", "decay_epoch", "chunk_epochs", "min_epochs",
+          "eval_epochs", "deeper_layers", "flat_tol")} | {
               "teacher_digest": teacher_digest(teacher)}) if args.ledger \
       else None
   rows, path, elsewhere = [], os.path.join(args.out, "results.json"), []
@@ -386,12 +408,20 @@ def run_one(student, mode, size, seed, teacher, data, workdir, args) -> Dict:
     with open(done) as f:
       return json.load(f)
   cfg = student_config(student, mode, size, seed, teacher, data, args)
-  trainer.train(cfg, workdir)
+  per_epoch = int(cfg.train.num_steps) // args.epochs
+  epochs, t0 = 0, time.time()
+  while True:   # chunks (resuming) until flat, at most --epochs.
+    epochs = min(epochs + args.chunk_epochs, args.epochs)
+    cfg.train.num_steps = epochs * per_epoch
+    trainer.train(cfg, workdir)
+    flat = epochs >= args.min_epochs and converged(workdir, args.flat_tol)
+    if flat or epochs >= args.epochs:
+      break
   test = noisy_nodes.load(workdir, "best").evaluate("test")
   row = {"student": student, "mode": mode, "size": size, "seed": seed,
          "test_mae": test["mae"], "best_step": test["step"],
-         "steps": int(cfg.train.num_steps),
-         "converged": converged(workdir, args.flat_tol)}
+         "steps": int(cfg.train.num_steps), "epochs": epochs,
+         "converged": bool(flat), "seconds": time.time() - t0}
   with open(done + ".tmp", "w") as f:
     json.dump(row, f, indent=1)
   os.replace(done + ".tmp", done)
