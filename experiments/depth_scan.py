@@ -25,7 +25,12 @@ until its validation MAE has flattened -- the best MAE of the last quarter
 of its per-epoch evaluations improves on the best before it by less than
 ``--flat_tol`` (relative), after at least ``--min_epochs`` -- or until
 ``--max_epochs``; the table says which. Test metrics come from each run's
-best-validation checkpoint.
+best-validation checkpoint. With ``--lr_floor`` a run counts as flat only
+once its learning rate has sat at the plateau's floor (``min_lr``) for the
+whole last quarter: on this set a plain flatness test at 30-50 epochs stops
+runs whose rate is still 2-5x above the floor, and such a pause is not
+convergence (two runs trained on went from 0.017 to 0.005 eV/atom).
+``--ledger=DIR`` keeps finished runs across machines (experiments/ledger.py).
 
 Writes under ``--out``: ``depth_scan.md`` (mean ± std over seeds of the test
 MAE per target mode, model and depth, with the epochs trained and how many
@@ -97,6 +102,22 @@ def flattened(val: Sequence[float], tol: float, min_evals: int) -> bool:
   return last > before * (1.0 - tol)
 
 
+def lr_floor_epoch(workdir: str, min_lr: float) -> float:
+  """The first epoch whose training row logs the plateau's floor learning
+  rate (``inf`` if never reached): before it the schedule is still running,
+  and a pause in validation is not convergence."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return math.inf
+  with open(path) as f:
+    for line in f:
+      r = json.loads(line) if line.strip() else {}
+      if r.get("split") == "train" and "lr" in r and \
+          float(r["lr"]) <= min_lr * (1 + 1e-3):
+        return float(r.get("epoch", math.inf))
+  return math.inf
+
+
 def _curve(workdir: str, key: str = "mae") -> List[float]:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
@@ -120,6 +141,11 @@ def train_until_flat(config, workdir: str, n_train: int, args) -> Dict:
     val = _curve(workdir)
     flat = epochs >= args.min_epochs and flattened(val, args.flat_tol,
                                                    args.min_epochs)
+    if flat and args.lr_floor:
+      # Flat only once the whole last quarter ran at the floor learning
+      # rate: a plateau at a high rate is a pause, not convergence.
+      floor = lr_floor_epoch(workdir, float(config.optim.plateau.min_lr))
+      flat = floor <= len(val) - max(2, len(val) // 4)
     if flat or epochs >= args.max_epochs:
       return {"epochs": epochs, "flattened": bool(flat), "val_curve": val,
               "seconds": time.time() - t0}
@@ -130,11 +156,17 @@ def train_one(label, name, layers, seed, target, n_train, args) -> Dict:
   ``result.json`` is read back instead, so that a scan resumes and several
   processes (e.g. one per ``--targets`` value, one per core) can share
   ``--out``."""
-  workdir = os.path.join(args.out, f"{target}_{name}_{layers}_seed{seed}")
+  run_name = f"{target}_{name}_{layers}_seed{seed}"
+  workdir = os.path.join(args.out, run_name)
   done = os.path.join(workdir, "result.json")
+  if args.ledger_obj is not None and args.ledger_obj.get(run_name):
+    return args.ledger_obj.get(run_name)
   if os.path.exists(done):
     with open(done) as f:
-      return json.load(f)
+      row = json.load(f)
+    if args.ledger_obj is not None:
+      args.ledger_obj.put(run_name, row)
+    return row
   config = run_config(name, layers, seed, target, args)
   run = train_until_flat(config, workdir, n_train, args)
   which = "best" if run["val_curve"] else "latest"
@@ -147,6 +179,8 @@ def train_one(label, name, layers, seed, target, n_train, args) -> Dict:
   with open(done + ".tmp", "w") as f:
     json.dump(row, f, indent=2)
   os.replace(done + ".tmp", done)
+  if args.ledger_obj is not None:
+    args.ledger_obj.put(run_name, row)
   return row
 
 
@@ -249,6 +283,10 @@ def plot(out: str, summary: List[Dict], rows: List[Dict], base: Dict):
   plt.close(fig)
 
 
+def _args_json(args) -> Dict:
+  return {k: v for k, v in vars(args).items() if k != "ledger_obj"}
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", required=True)
@@ -270,6 +308,14 @@ def main(argv=None):
   p.add_argument("--min_epochs", type=int, default=50)
   p.add_argument("--max_epochs", type=int, default=500)
   p.add_argument("--flat_tol", type=float, default=0.01)
+  p.add_argument("--lr_floor", action="store_true",
+                 help="a run is flat only once its learning rate has sat at "
+                 "the plateau's floor (optim.plateau.min_lr) for the whole "
+                 "last quarter: without it a pause at a high rate can pass "
+                 "for convergence")
+  p.add_argument("--ledger", default="",
+                 help="directory of finished runs' rows kept across "
+                 "machines (experiments/ledger.py)")
   p.add_argument("--monitor", default="train", choices=("train", "val"),
                  help="what the plateau watches: the reference's epoch "
                  "training error, or the validation MAE (the configs' :demo "
@@ -288,6 +334,14 @@ def main(argv=None):
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
   os.makedirs(args.out, exist_ok=True)
+  args.ledger_obj = None
+  if args.ledger:
+    from experiments import ledger  # pylint: disable=g-import-not-at-top
+    args.ledger_obj = ledger.Ledger(args.ledger, {
+        k: getattr(args, k) for k in (
+            "variant", "n", "min_atoms", "max_atoms", "data_seed", "split",
+            "batch", "dim", "chunk_epochs", "min_epochs", "max_epochs",
+            "flat_tol", "monitor", "patience", "lr_floor")})
   base = mean_baseline(args)   # also generates and caches the dataset
   if args.prepare_only:
     print(json.dumps(base))
@@ -308,12 +362,12 @@ def main(argv=None):
                 f"epochs ({'flat' if r['flattened'] else 'NOT flat'}, "
                 f"{r['seconds']:.0f} s)", flush=True)
           with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"baseline": base, "runs": rows, "args": vars(args)},
-                      f, indent=2)
+            json.dump({"baseline": base, "runs": rows,
+                       "args": _args_json(args)}, f, indent=2)
   summary = summarise(rows)
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump({"baseline": base, "runs": rows, "summary": summary,
-               "args": vars(args)}, f, indent=2)
+               "args": _args_json(args)}, f, indent=2)
   print(write_table(os.path.join(args.out, "depth_scan.md"), summary, base,
                     args))
   plot(args.out, summary, rows, base)

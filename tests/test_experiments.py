@@ -52,3 +52,22 @@ def test_ledger_keeps_finished_runs_and_refuses_other_settings(tmp_path):
     led.get("broken")
   with pytest.raises(ValueError, match="bad run name"):
     led.put("../escape", {})
+
+
+def test_depth_scan_flatness_waits_for_the_floor_learning_rate(tmp_path):
+  import json
+  from experiments.depth_scan import flattened, lr_floor_epoch
+  # A pause at a high rate: flat by the curve alone.
+  val = [0.5, 0.2, 0.1, 0.05] + [0.051] * 12
+  assert flattened(val, 0.01, 4)
+  rows = [{"split": "train", "epoch": e, "lr": max(5e-3 * 0.5 ** e, 1e-5)}
+          for e in range(1, 17)]
+  rows += [{"split": "val", "step": e, "mae": v} for e, v in
+           enumerate(val, 1)]
+  (tmp_path / "metrics.jsonl").write_text(
+      "\n".join(json.dumps(r) for r in rows) + "\n")
+  # 5e-3 * 0.5**e reaches 1e-5 at epoch 9 (floor-clamped): the last
+  # quarter (epochs 13-16) ran at the floor, so the run is flat.
+  assert lr_floor_epoch(str(tmp_path), 1e-5) == 9
+  assert lr_floor_epoch(str(tmp_path), 1e-6) == float("inf")
+  assert lr_floor_epoch(str(tmp_path / "missing"), 1e-5) == float("inf")
