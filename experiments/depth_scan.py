@@ -124,14 +124,19 @@ def _curve(workdir: str, key: str = "mae") -> List[float]:
     return []
   with open(path) as f:
     rows = [json.loads(line) for line in f if line.strip()]
-  return [float(r[key]) for r in rows if r["split"] == "val" and key in r]
+  by_step = {r["step"]: float(r[key]) for r in rows
+             if r["split"] == "val" and key in r}   # one row per step
+  return [by_step[s] for s in sorted(by_step)]
 
 
 def train_until_flat(config, workdir: str, n_train: int, args) -> Dict:
   """Trains in chunks (resuming) until the validation MAE flattens."""
   from noisy_nodes.engine import trainer  # pylint: disable=g-import-not-at-top
   per_epoch = max(1, math.ceil(n_train / int(config.batch.max_graphs)))
-  epochs, t0 = 0, time.time()
+  # A resumed run starts from the chunk it reached, not with one call per
+  # chunk already done; a run stopped on a chunk's end re-checks that chunk.
+  done, k = len(_curve(workdir)), args.chunk_epochs
+  epochs, t0 = (done - done % k if done % k else max(0, done - k)), time.time()
   while True:
     epochs = min(epochs + args.chunk_epochs, args.max_epochs)
     config.train.update(num_steps=epochs * per_epoch, eval_every=per_epoch,

@@ -244,3 +244,30 @@ def test_splits_over_the_cache_limit_stream_with_the_same_results(tmp_path):
         assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
       else:
         assert a[k] == b[k], k
+
+
+def test_train_again_at_or_past_num_steps_changes_nothing(tmp_path):
+  """A chunked sweep calls ``train`` again with steps it already ran (a run
+  preempted mid-chunk resumes past the next chunk's end): no evaluation, no
+  plateau step, no checkpoint, no duplicate metrics row, and the return
+  value is the run's last validation metrics. (Each such call used to log
+  one more validation row at the restored step.)"""
+  c = toy_config.get_config()
+  c.train.update(num_steps=8, log_every=4, eval_every=3, checkpoint_every=8)
+  workdir = str(tmp_path / "run")
+  first = trainer.train(c, workdir)
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    before = f.read()
+  val_steps = [json.loads(l)["step"] for l in before.splitlines()
+               if json.loads(l)["split"] == "val"]
+  assert val_steps == [3, 6, 8]   # the final evaluation at step 8
+  for steps in (8, 4):
+    c.train.num_steps = steps
+    again = trainer.train(c, workdir)
+    with open(path) as f:
+      assert f.read() == before
+    assert again.keys() == first.keys()
+    for k in first:
+      assert again[k] == pytest.approx(first[k])
+  assert trainer.restore_run(workdir, "latest")[-1] == 8

@@ -65,6 +65,7 @@ class MetricLogger:
     self._tb = None
     self._t0 = time.time()
     self._step0 = resume_step or 0
+    self.last: Dict[str, Dict[str, Any]] = {}  # split -> its latest row
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -78,6 +79,8 @@ class MetricLogger:
             continue  # a line cut by a crash
           if resume_step is not None and rec.get("step", 0) <= resume_step:
             keep.append(line if line.endswith("\n") else line + "\n")
+            if isinstance(rec, dict) and "split" in rec:
+              self.last[rec["split"]] = rec
       with open(self.path + ".tmp", "w") as f:
         f.writelines(keep)
       os.replace(self.path + ".tmp", self.path)
@@ -92,6 +95,7 @@ class MetricLogger:
       return
     rec = {"step": int(step), "split": split}
     rec.update({k: _plain(v) for k, v in values.items()})
+    self.last[split] = rec
     with open(self.path, "a") as f:
       f.write(json.dumps(rec) + "\n")
     if self._tb is not None:

@@ -777,6 +777,14 @@ def _loop(run: _Run, stream: batching.GraphStream, step_fn,
         logging.warning("preempted at step %d: checkpoint written; rerun the "
                         "same command to resume", step)
         raise Preempted(flag.received or signal.SIGTERM)
+    if run.step == first_step:
+      # Resumed at or past num_steps (a chunked sweep calling train again
+      # with steps it already ran): nothing trained, so nothing is evaluated,
+      # stepped or saved again. A repeated validation row would skew the
+      # curve, and a plateau watching it would count one more epoch without
+      # improvement per call.
+      last = log.last.get("val", {})
+      return {k: v for k, v in last.items() if k not in ("step", "split")}
     if not eval_every or run.step % eval_every:
       val_metrics = evaluate(run, log)
     run.save()
