@@ -296,7 +296,14 @@ def _args_json(args) -> Dict:
   return {k: v for k, v in vars(args).items() if k != "ledger_obj"}
 
 
-def main(argv=None):
+# The arguments that define a run: a ledger entry made under other values
+# of these is refused (experiments/ledger.py).
+RUN_SETTINGS = ("variant", "n", "min_atoms", "max_atoms", "data_seed", "split",
+                "batch", "dim", "chunk_epochs", "min_epochs", "max_epochs",
+                "flat_tol", "monitor", "patience", "lr_floor")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", required=True)
   p.add_argument("--depths", type=int, nargs="+", default=[5, 10, 20, 30])
@@ -326,6 +333,9 @@ def main(argv=None):
   p.add_argument("--ledger", default="",
                  help="directory of finished runs' rows kept across "
                  "machines (experiments/ledger.py)")
+  p.add_argument("--report_only", action="store_true",
+                 help="train nothing: the table and plots of every run "
+                 "--ledger holds (a scan still in progress)")
   p.add_argument("--monitor", default="train", choices=("train", "val"),
                  help="what the plateau watches: the reference's epoch "
                  "training error, or the validation MAE (the configs' :demo "
@@ -341,20 +351,27 @@ def main(argv=None):
                  help="generate and cache the dataset, print the mean "
                  "predictor's MAE, train nothing (run once before starting "
                  "several processes on one --out)")
-  args = p.parse_args(argv)
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
   os.makedirs(args.out, exist_ok=True)
   args.ledger_obj = None
   if args.ledger:
     from experiments import ledger  # pylint: disable=g-import-not-at-top
-    args.ledger_obj = ledger.Ledger(args.ledger, {
-        k: getattr(args, k) for k in (
-            "variant", "n", "min_atoms", "max_atoms", "data_seed", "split",
-            "batch", "dim", "chunk_epochs", "min_epochs", "max_epochs",
-            "flat_tol", "monitor", "patience", "lr_floor")})
+    args.ledger_obj = ledger.Ledger(
+        args.ledger, {k: getattr(args, k) for k in RUN_SETTINGS})
   base = mean_baseline(args)   # also generates and caches the dataset
   if args.prepare_only:
     print(json.dumps(base))
+    return
+  if args.report_only:
+    if args.ledger_obj is None:
+      raise SystemExit("--report_only reads the runs of --ledger")
+    rows = [args.ledger_obj.get(n) for n in args.ledger_obj.names()]
+    report(args, rows, base)
     return
   rows = []
   labels = dict((m[1], m[0]) for m in MODELS)
@@ -374,6 +391,11 @@ def main(argv=None):
           with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump({"baseline": base, "runs": rows,
                        "args": _args_json(args)}, f, indent=2)
+  report(args, rows, base)
+
+
+def report(args, rows: List[Dict], base: Dict) -> None:
+  """Writes the table, plots and results.json of ``rows`` under --out."""
   summary = summarise(rows)
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump({"baseline": base, "runs": rows, "summary": summary,
