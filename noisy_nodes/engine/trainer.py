@@ -777,10 +777,11 @@ def _loop(run: _Run, stream: batching.GraphStream, step_fn,
         logging.warning("preempted at step %d: checkpoint written; rerun the "
                         "same command to resume", step)
         raise Preempted(flag.received or signal.SIGTERM)
-    if run.step == first_step:
+    if run.step == first_step and run.ckpt.latest_step() is not None:
       # Resumed at or past num_steps (a chunked sweep calling train again
       # with steps it already ran): nothing trained, so nothing is evaluated,
-      # stepped or saved again. A repeated validation row would skew the
+      # stepped or saved again (a fresh 0-step run still evaluates and saves
+      # its initial state). A repeated validation row would skew the
       # curve, and a plateau watching it would count one more epoch without
       # improvement per call.
       last = log.last.get("val", {})
