@@ -309,8 +309,9 @@ def main(argv=None):
             continue          # no teacher-shaped DeeperGATGNN encoder.
           name = f"{student}_{mode}_n{size}_s{seed}"
           workdir = os.path.join(args.out, name)
-          if ledger is not None and ledger.get(name) is not None:
-            rows.append(ledger.get(name))
+          held = ledger.get(name) if ledger is not None else None
+          if held is not None:
+            rows.append(held)
             continue
           if not os.path.exists(os.path.join(workdir, "result.json")) and \
               not claim(workdir):

@@ -165,8 +165,9 @@ def train_one(label, name, layers, seed, target, n_train, args) -> Dict:
   run_name = f"{target}_{name}_{layers}_seed{seed}"
   workdir = os.path.join(args.out, run_name)
   done = os.path.join(workdir, "result.json")
-  if args.ledger_obj is not None and args.ledger_obj.get(run_name):
-    return args.ledger_obj.get(run_name)
+  held = args.ledger_obj.get(run_name) if args.ledger_obj else None
+  if held is not None:
+    return held
   if os.path.exists(done):
     with open(done) as f:
       row = json.load(f)

@@ -97,8 +97,9 @@ def train_until_flat(variant, layout, seed, args, key, ledger=None):
   tag = variant.replace(",", "_")
   name = f"{tag}_{layout[0]}x{layout[1]}_s{seed}"
   workdir = os.path.join(args.out, name)
-  if ledger is not None and ledger.get(name) is not None:
-    return ledger.get(name)
+  held = ledger.get(name) if ledger is not None else None
+  if held is not None:
+    return held
   while True:
     curve = val_curve(workdir, key)
     done = curve[-1]["step"] if curve else 0
