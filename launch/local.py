@@ -141,21 +141,59 @@ def _wait_all(procs: Sequence[subprocess.Popen], seconds: float) -> None:
     time.sleep(0.05)
 
 
+def _group_alive(pgid: int) -> bool:
+  """Whether process group `pgid` still has a member that is not a zombie.
+
+  A zombie (exited, not yet reaped by whoever adopted it) holds no resources
+  and cannot be signalled away, so it does not count. Where /proc is missing
+  (macOS) any member counts.
+  """
+  try:
+    os.killpg(pgid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  if not os.path.isdir("/proc/self"):
+    return True
+  for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+      continue  # Exited while we looked.
+    # Fields after the command: state, ppid, pgrp, ...
+    if int(fields[2]) == pgid and fields[0] != "Z":
+      return True
+  return False
+
+
 def _stop(procs: Sequence[subprocess.Popen], grace: float) -> None:
-  """SIGTERM then SIGKILL the process groups of the still-running `procs`."""
-  running = [p for p in procs if p.poll() is None]
+  """SIGTERM then SIGKILL the process groups of `procs`.
+
+  Every group is stopped, also that of a process that has already exited:
+  its children (data workers, a shell's command) live on in its group. We
+  wait for each group to be empty, not only for its leader: signals reach
+  the members in no particular order, and a loaded machine may run the
+  leader's exit long before a child's.
+  """
+  groups = [p.pid for p in procs]  # start_new_session: pgid == pid.
   for sig in (signal.SIGTERM, signal.SIGKILL):
-    for p in running:
+    live = [g for g in groups if _group_alive(g)]
+    for g in live:
       try:
-        os.killpg(p.pid, sig)
+        os.killpg(g, sig)
       except ProcessLookupError:
         pass
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(p.poll() is None
-                                              for p in running):
+    while time.monotonic() < deadline and (
+        any(p.poll() is None for p in procs)
+        or any(_group_alive(g) for g in live)):
       time.sleep(0.05)
-    running = [p for p in running if p.poll() is None]
-    if not running:
+    if all(p.poll() is not None for p in procs) and not any(
+        _group_alive(g) for g in groups):
       return
 
 

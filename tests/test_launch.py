@@ -476,13 +476,15 @@ def test_local_two_processes_psum(tmp_path, capsys):
 
 FAIL_SCRIPT = """\
 import os, subprocess, sys, time
+# Each process starts a child that would outlive it: both must be stopped,
+# also the child of the process that failed on its own.
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+open(sys.argv[1] + os.environ["NN_PROCESS_ID"], "w").write(str(child.pid))
 if os.environ["NN_PROCESS_ID"] == "1":
   time.sleep(0.5)
   print("process 1 fails", flush=True)
   sys.exit(3)
-# Process 0 would wait for its peer forever; its child must die with it.
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-open(sys.argv[1], "w").write(str(child.pid))
+# Process 0 would wait for its peer forever.
 print("process 0 waits", flush=True)
 time.sleep(120)
 """
@@ -509,7 +511,8 @@ def test_local_failure_stops_the_others(tmp_path):
   (code0, out0), (code1, out1) = results
   assert code1 == 3 and "process 1 fails" in out1
   assert code0 < 0 and "process 0 waits" in out0  # Stopped by a signal.
-  assert not _alive(int(pid_file.read_text()))
+  for i in range(2):
+    assert not _alive(int((tmp_path / f"child.pid{i}").read_text())), i
   assert local.exit_status(results) == 3
 
 
