@@ -13,6 +13,11 @@ The settings guard the table's consistency: a ledger entry made under other
 settings (say ``--epochs=300`` when the sweep now asks for 1000) is an error
 that names the file and the differing settings, never a silent mix of two
 protocols in one table. Delete the entry (or use another ledger) to retrain.
+
+Besides runs, a ledger keeps *facts* of the sweep that every run shares and
+that are costly to recompute (``_<key>.json``, e.g. the mean predictor's
+MAE, which needs the generated dataset): a report made from the ledger
+alone then needs neither the dataset nor the run directories.
 """
 from __future__ import annotations
 
@@ -45,18 +50,11 @@ class Ledger:
     os.makedirs(path, exist_ok=True)
 
   def _file(self, name: str) -> str:
-    if not name or "/" in name or name.startswith("."):
+    if not name or "/" in name or name.startswith((".", "_")):
       raise ValueError(f"bad run name {name!r}")
     return os.path.join(self.path, name + ".json")
 
-  def get(self, name: str) -> Optional[Dict[str, Any]]:
-    """The row of run ``name``, or None if the ledger does not hold it.
-
-    Raises:
-      LedgerMismatch: the entry was made under other settings.
-      ValueError: the entry is not a ledger file (names the file).
-    """
-    path = self._file(name)
+  def _read(self, path: str) -> Optional[Dict[str, Any]]:
     if not os.path.exists(path):
       return None
     try:
@@ -75,11 +73,36 @@ class Ledger:
           "; delete it to retrain the run, or use another --ledger")
     return row
 
+  def _write(self, path: str, row: Dict[str, Any]) -> None:
+    atomic.write_text(path, json.dumps(
+        {"settings": self.settings, "row": _jsonable(row)}, indent=1) + "\n")
+
+  def get(self, name: str) -> Optional[Dict[str, Any]]:
+    """The row of run ``name``, or None if the ledger does not hold it.
+
+    Raises:
+      LedgerMismatch: the entry was made under other settings.
+      ValueError: the entry is not a ledger file (names the file).
+    """
+    return self._read(self._file(name))
+
   def put(self, name: str, row: Dict[str, Any]) -> None:
     """Records run ``name`` as finished (atomically)."""
-    atomic.write_text(self._file(name), json.dumps(
-        {"settings": self.settings, "row": _jsonable(row)}, indent=1) + "\n")
+    self._write(self._file(name), row)
+
+  def _fact_file(self, key: str) -> str:
+    if not key.isidentifier():
+      raise ValueError(f"bad fact name {key!r}")
+    return os.path.join(self.path, f"_{key}.json")
+
+  def get_fact(self, key: str) -> Optional[Dict[str, Any]]:
+    """The sweep-wide fact ``key``, or None (same settings check as runs)."""
+    return self._read(self._fact_file(key))
+
+  def put_fact(self, key: str, value: Dict[str, Any]) -> None:
+    """Records the sweep-wide fact ``key`` (not a run: `names` skips it)."""
+    self._write(self._fact_file(key), value)
 
   def names(self) -> List[str]:
     return sorted(f[:-len(".json")] for f in os.listdir(self.path)
-                  if f.endswith(".json") and not f.startswith("."))
+                  if f.endswith(".json") and not f.startswith((".", "_")))

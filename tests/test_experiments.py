@@ -52,6 +52,15 @@ def test_ledger_keeps_finished_runs_and_refuses_other_settings(tmp_path):
     led.get("broken")
   with pytest.raises(ValueError, match="bad run name"):
     led.put("../escape", {})
+  # Sweep-wide facts live beside the runs but are not runs.
+  assert again.get_fact("mean_baseline") is None
+  led.put_fact("mean_baseline", {"test_mae": 0.1018})
+  assert again.get_fact("mean_baseline") == {"test_mae": 0.1018}
+  assert again.names() == ["broken", "cgcnn_vanilla_n200_s0"]
+  with pytest.raises(LedgerMismatch, match=r"_mean_baseline\.json"):
+    longer.get_fact("mean_baseline")
+  with pytest.raises(ValueError, match="bad run name"):
+    led.put("_mean_baseline", {})
 
 
 def test_depth_scan_flatness_waits_for_the_floor_learning_rate(tmp_path):
